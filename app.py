@@ -1,0 +1,142 @@
+"""Scanyard: a lightweight imaging archive for small research labs.
+
+``create_app()`` builds the Flask application; configuration comes from
+``SCANYARD_*`` environment variables (see the README).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flask import Flask, render_template
+from flask_migrate import Migrate
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from werkzeug.exceptions import HTTPException
+
+from models import db
+
+migrate = Migrate()
+csrf = CSRFProtect()
+
+DEFAULTS = {
+    "SECRET_KEY": None,
+    "DATA_DIR": None,
+    "DATABASE_URL": None,
+    "REDIS_URL": None,
+    "QUEUE_NAME": "scanyard",
+    "SCP_PORT": 8104,
+    "SCP_AE_TITLE": "SCANYARD",
+    "SESSION_IDLE_SECONDS": 30,
+    "IMPORT_WAIT_SECONDS": 600,
+    "BATCH_SIZE": 250,
+    "PAGE_SIZE": 50,
+}
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Return a configured Scanyard application."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("SCANYARD")
+    if test_config:
+        app.config.from_mapping(test_config)
+    _finish_config(app)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(Path(__file__).with_name("migrations")))
+    with app.app_context():
+        _tune_engine(db.engine)
+
+    from blueprints import register_blueprints
+    from blueprints.streaming import StreamingRequest, discard_unclaimed
+
+    app.request_class = StreamingRequest
+    app.teardown_request(discard_unclaimed)
+    csrf.init_app(app)
+    register_blueprints(app)
+
+    import cli
+    cli.register(app)
+
+    app.register_error_handler(HTTPException, _http_error)
+    app.jinja_env.filters["filesize"] = filesize
+    return app
+
+
+def _finish_config(app: Flask) -> None:
+    os.makedirs(app.instance_path, exist_ok=True)
+    if not app.config["DATA_DIR"]:
+        app.config["DATA_DIR"] = os.path.join(app.instance_path, "data")
+    app.config["DATA_DIR"] = os.path.abspath(app.config["DATA_DIR"])
+    if not app.config["DATABASE_URL"]:
+        app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "scanyard.db")
+    app.config["SQLALCHEMY_DATABASE_URI"] = app.config["DATABASE_URL"]
+    if app.config["DATABASE_URL"].startswith("postgresql://"):
+        # psycopg 3 is the driver we install.
+        app.config["SQLALCHEMY_DATABASE_URI"] = app.config["DATABASE_URL"].replace(
+            "postgresql://", "postgresql+psycopg://", 1)
+    if app.config["DATABASE_URL"].startswith("sqlite"):
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
+    else:
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = _instance_secret(app)
+    for key in ("SCP_PORT", "SESSION_IDLE_SECONDS", "IMPORT_WAIT_SECONDS", "BATCH_SIZE",
+                "PAGE_SIZE"):
+        app.config[key] = int(app.config[key])
+    for sub in ("uploads", "prearchive", "archive", "quarantine"):
+        os.makedirs(os.path.join(app.config["DATA_DIR"], sub), exist_ok=True)
+
+
+def _instance_secret(app: Flask) -> str:
+    """Return a random secret kept in the instance folder, made on first use."""
+    path = os.path.join(app.instance_path, "secret_key")
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(os.urandom(32).hex())
+    with open(path) as fh:
+        return fh.read().strip()
+
+
+def _tune_engine(engine: Engine) -> None:
+    """SQLite: WAL, a busy timeout, and write locks taken when a transaction begins."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Let SQLAlchemy's "begin" event below open transactions itself.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # Without IMMEDIATE two readers that both upgrade to writers deadlock
+        # and one gets "database is locked" at once, whatever the busy timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _http_error(err: HTTPException):
+    from blueprints import wants_json
+
+    if wants_json():
+        return {"error": err.description, "status": err.code}, err.code
+    return render_template("error.html", error=err), err.code
+
+
+def filesize(n: int | None) -> str:
+    """Format a byte count for people: 1.2 MB."""
+    n = n or 0
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"

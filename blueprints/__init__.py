@@ -1,0 +1,20 @@
+"""Feature blueprints; each module defines ``bp``."""
+from __future__ import annotations
+
+from flask import Flask, request
+
+
+def register_blueprints(app: Flask) -> None:
+    from blueprints import api, archive, prearchive, upload
+
+    for module in (archive, upload, prearchive, api):
+        app.register_blueprint(module.bp)
+
+
+def wants_json() -> bool:
+    """True when the request comes from a script rather than a browser page."""
+    if request.path.startswith(("/api/", "/data/", "/REST/")):
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "application/json" and request.accept_mimetypes[best] > \
+        request.accept_mimetypes["text/html"]

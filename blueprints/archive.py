@@ -1,0 +1,226 @@
+"""The archive: projects, subjects, sessions and scans, browsed and downloaded."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from sqlalchemy import func, or_, select
+
+from blueprints import access
+from blueprints.zipstream import zip_response
+from imaging import storage
+from imaging.labels import LabelError, check_label
+from models import File, ImagingSession, Project, Resource, Scan, Subject, db
+from workers.archiving import delete_archived_session
+
+bp = Blueprint("archive", __name__)
+
+
+def project_counts(project_ids: list[int]) -> dict[int, dict]:
+    """Return subjects, sessions, scans and bytes per project id."""
+    counts = {pid: {"subjects": 0, "sessions": 0, "scans": 0, "bytes": 0} for pid in project_ids}
+    queries = {
+        "subjects": select(Subject.project_id, func.count()).group_by(Subject.project_id),
+        "sessions": select(ImagingSession.project_id, func.count())
+        .group_by(ImagingSession.project_id),
+        "scans": select(ImagingSession.project_id, func.count(Scan.id))
+        .join(Scan, Scan.session_id == ImagingSession.id).group_by(ImagingSession.project_id),
+        "bytes": select(Resource.project_id, func.coalesce(func.sum(File.size), 0))
+        .join(File, File.resource_id == Resource.id).group_by(Resource.project_id),
+    }
+    for key, query in queries.items():
+        for pid, n in db.session.execute(query):
+            if pid in counts:
+                counts[pid][key] = int(n or 0)
+    return counts
+
+
+@bp.get("/")
+def index():
+    """List the projects with their counts."""
+    projects = access.visible_projects()
+    return render_template("archive/index.html", projects=projects,
+                           counts=project_counts([p.id for p in projects]))
+
+
+@bp.route("/projects/new", methods=["GET", "POST"])
+def new_project():
+    """Create a project."""
+    if request.method == "GET":
+        return render_template("archive/project_form.html", values={})
+    form = request.form
+    try:
+        label = check_label(form.get("label", ""), "Project label")
+    except LabelError as exc:
+        return _form_error("archive/project_form.html", str(exc), 400)
+    if db.session.scalar(select(Project.id).filter_by(label=label)):
+        return _form_error("archive/project_form.html",
+                           f"A project {label!r} already exists.", 409)
+    accessibility = form.get("accessibility", "private")
+    if accessibility not in ("private", "protected", "public"):
+        accessibility = "private"
+    db.session.add(Project(label=label, name=form.get("name", "").strip()[:255] or label,
+                           description=form.get("description", "").strip(),
+                           accessibility=accessibility))
+    db.session.commit()
+    flash(f"Project {label} created.", "info")
+    return redirect(url_for(".project", label=label), code=303)
+
+
+def _form_error(template: str, message: str, code: int, **context):
+    flash(message, "error")
+    return render_template(template, values=request.form, **context), code
+
+
+@bp.get("/projects/<label>")
+def project(label):
+    """Show a project: its subjects and its sessions."""
+    proj = access.get_project(label)
+    subjects = db.paginate(
+        select(Subject).filter_by(project_id=proj.id).order_by(Subject.label),
+        per_page=current_app.config["PAGE_SIZE"])
+    session_counts = dict(db.session.execute(
+        select(ImagingSession.subject_id, func.count()).filter_by(project_id=proj.id)
+        .group_by(ImagingSession.subject_id)).all())
+    return render_template("archive/project.html", project=proj, subjects=subjects,
+                           session_counts=session_counts,
+                           counts=project_counts([proj.id])[proj.id])
+
+
+@bp.post("/projects/<label>/subjects")
+def new_subject(label):
+    """Create a subject in a project."""
+    proj = access.get_project(label, access.EDIT)
+    try:
+        subject = check_label(request.form.get("label", ""), "Subject label")
+    except LabelError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for(".project", label=proj.label), code=303), 400
+    if db.session.scalar(select(Subject.id).filter_by(project_id=proj.id, label=subject)):
+        flash(f"Subject {subject!r} already exists in {proj.label}.", "error")
+        return redirect(url_for(".project", label=proj.label), code=303), 409
+    db.session.add(Subject(project_id=proj.id, label=subject))
+    db.session.commit()
+    flash(f"Subject {subject} created.", "info")
+    return redirect(url_for(".subject", label=proj.label, subject=subject), code=303)
+
+
+@bp.get("/projects/<label>/subjects/<subject>")
+def subject(label, subject):
+    """Show a subject and its sessions."""
+    proj = access.get_project(label)
+    subj = access.get_subject(proj, subject)
+    sessions = db.session.scalars(select(ImagingSession).filter_by(subject_id=subj.id)
+                                  .order_by(ImagingSession.session_date, ImagingSession.label))
+    return render_template("archive/subject.html", project=proj, subject=subj,
+                           sessions=list(sessions))
+
+
+@bp.get("/projects/<label>/sessions/<session>")
+def session(label, session):
+    """Show an archived session and its scans."""
+    proj = access.get_project(label)
+    sess = access.get_session(proj, session)
+    return render_template("archive/session.html", project=proj, session=sess,
+                           scans=sess.scans)
+
+
+@bp.get("/projects/<label>/sessions/<session>/scans/<scan_id>")
+def scan(label, session, scan_id):
+    """Show a scan and its files, a page at a time."""
+    proj = access.get_project(label)
+    sess = access.get_session(proj, session)
+    sc = access.get_scan(sess, scan_id)
+    files = db.paginate(select(File).join(Resource).filter(Resource.scan_id == sc.id)
+                        .order_by(File.instance_number, File.path),
+                        per_page=current_app.config["PAGE_SIZE"])
+    return render_template("archive/scan.html", project=proj, session=sess, scan=sc,
+                           files=files)
+
+
+def _session_dir(sess: ImagingSession) -> Path:
+    return storage.archive_session_dir(current_app.config["DATA_DIR"], sess.project.label,
+                                       sess.subject.label, sess.label)
+
+
+def _scan_entries(sess: ImagingSession, scans: list[Scan]):
+    """Yield (name in zip, path) for the files of the scans, from the index."""
+    base = _session_dir(sess)
+    for sc in scans:
+        rows = db.session.execute(
+            select(Resource.label, File.path).join(File, File.resource_id == Resource.id)
+            .filter(Resource.scan_id == sc.id).order_by(Resource.label, File.path)).all()
+        for resource, path in rows:
+            rel = f"SCANS/{sc.scan_id}/{resource}/{path}"
+            yield f"{sess.label}/{rel}", base / rel
+
+
+@bp.get("/projects/<label>/sessions/<session>/download")
+def download_session(label, session):
+    """Download a session's scans as a zip, streamed."""
+    proj = access.get_project(label)
+    sess = access.get_session(proj, session)
+    return zip_response(list(_scan_entries(sess, sess.scans)), f"{sess.label}.zip")
+
+
+@bp.get("/projects/<label>/sessions/<session>/scans/<scan_id>/download")
+def download_scan(label, session, scan_id):
+    """Download one scan as a zip, streamed."""
+    proj = access.get_project(label)
+    sess = access.get_session(proj, session)
+    sc = access.get_scan(sess, scan_id)
+    return zip_response(list(_scan_entries(sess, [sc])), f"{sess.label}_scan{sc.scan_id}.zip")
+
+
+@bp.get("/projects/<label>/sessions/<session>/delete")
+def confirm_delete_session(label, session):
+    """Ask for confirmation before deleting an archived session."""
+    proj = access.get_project(label, access.EDIT)
+    sess = access.get_session(proj, session)
+    files = sum(s.instance_count for s in sess.scans)
+    return render_template(
+        "confirm_delete.html", what=f"archived session {proj.label}/{sess.label}",
+        detail=f"{files} files in {len(sess.scans)} scans; this cannot be undone",
+        action=url_for(".delete_session", label=proj.label, session=sess.label),
+        back=url_for(".session", label=proj.label, session=sess.label))
+
+
+@bp.post("/projects/<label>/sessions/<session>/delete")
+def delete_session(label, session):
+    """Delete an archived session: rows and files together."""
+    proj = access.get_project(label, access.EDIT)
+    sess = access.get_session(proj, session)
+    subject = sess.subject.label
+    delete_archived_session(sess.id)
+    flash(f"Session {session} deleted.", "info")
+    return redirect(url_for(".subject", label=proj.label, subject=subject), code=303)
+
+
+@bp.get("/search")
+def search():
+    """Find sessions by subject, label, StudyInstanceUID, accession number or date."""
+    q = (request.args.get("q") or "").strip()
+    results = None
+    if q:
+        visible = [p.id for p in access.visible_projects()]
+        like = f"%{q}%"
+        conditions = [ImagingSession.label.ilike(like), Subject.label.ilike(like),
+                      ImagingSession.study_uid == q, ImagingSession.accession == q]
+        date = _as_date(q)
+        if date:
+            conditions.append(ImagingSession.session_date == date)
+        query = (select(ImagingSession).join(Subject)
+                 .where(ImagingSession.project_id.in_(visible), or_(*conditions))
+                 .order_by(ImagingSession.session_date.desc(), ImagingSession.label))
+        results = db.paginate(query, per_page=current_app.config["PAGE_SIZE"])
+    return render_template("archive/search.html", q=q, results=results)
+
+
+def _as_date(text: str) -> dt.date | None:
+    for fmt in ("%Y-%m-%d", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            pass
+    return None

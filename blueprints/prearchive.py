@@ -1,0 +1,107 @@
+"""The prearchive: uploads wait here until people review and archive them."""
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from blueprints import access
+from imaging.labels import LabelError, check_label
+from models import TRANSIENT_STATUSES, PrearchiveSession, Upload, db
+from workers import prearchive
+from workers.archiving import ArchiveRefused
+from workers.ingest import upload_report
+
+bp = Blueprint("prearchive", __name__, url_prefix="/prearchive")
+
+
+@bp.get("/")
+def index():
+    """List prearchive sessions, one table per project, unassigned last."""
+    rows = db.session.scalars(select(PrearchiveSession).order_by(
+        PrearchiveSession.project_key, PrearchiveSession.received.desc()))
+    groups: dict[str, list] = {}
+    for ps in rows:
+        groups.setdefault(ps.project or "", []).append(ps)
+    projects = sorted(k for k in groups if k)
+    busy = any(ps.status in TRANSIENT_STATUSES or ps.status == "RECEIVING"
+               for rows in groups.values() for ps in rows)
+    return render_template("prearchive/index.html", groups=groups, projects=projects,
+                           busy=busy)
+
+
+@bp.get("/<int:prearchive_id>")
+def detail(prearchive_id):
+    """Show one prearchive session with its scans and its upload's report."""
+    ps = access.get_prearchive_session(prearchive_id)
+    record = prearchive.load_record(ps)
+    upload = db.session.get(Upload, ps.upload_id) if ps.upload_id else None
+    return render_template(
+        "prearchive/detail.html", ps=ps, record=record, projects=access.visible_projects(),
+        report=upload_report(upload) if upload else None,
+        busy=ps.status in TRANSIENT_STATUSES)
+
+
+@bp.post("/<int:prearchive_id>/labels")
+def edit_labels(prearchive_id):
+    """Change the project, subject and session labels of a prearchive session."""
+    ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    try:
+        project = (request.form.get("project") or "").strip() or None
+        if project:
+            project = access.get_project(project, access.EDIT).label
+        subject = _label(request.form.get("subject"), "Subject label")
+        session = _label(request.form.get("session"), "Session label")
+        prearchive.check_idle(ps, "edited")
+        prearchive.update_labels(ps, project=project, subject=subject, session=session)
+    except (LabelError, prearchive.Busy, FileExistsError) as exc:
+        return _refuse(ps, str(exc), 409 if not isinstance(exc, LabelError) else 400)
+    db.session.commit()
+    flash("Labels saved.", "info")
+    return redirect(url_for(".detail", prearchive_id=ps.id), code=303)
+
+
+def _label(value: str | None, what: str) -> str | None:
+    value = (value or "").strip()
+    return check_label(value, what) if value else None
+
+
+def _refuse(ps, message: str, code: int):
+    db.session.rollback()
+    flash(message, "error")
+    record = prearchive.load_record(ps)
+    return render_template("prearchive/detail.html", ps=ps, record=record,
+                           projects=access.visible_projects(), report=None, busy=False), code
+
+
+@bp.post("/<int:prearchive_id>/archive")
+def archive(prearchive_id):
+    """Queue the archiving of a prearchive session."""
+    ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    try:
+        prearchive.request_archive(ps)
+    except (ArchiveRefused, prearchive.Busy) as exc:
+        return _refuse(ps, str(exc), 409)
+    flash("Archiving started.", "info")
+    return redirect(url_for(".detail", prearchive_id=ps.id), code=303)
+
+
+@bp.get("/<int:prearchive_id>/delete")
+def confirm_delete(prearchive_id):
+    """Ask for confirmation before deleting a prearchive session."""
+    ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    return render_template("confirm_delete.html", what=f"prearchive session {ps.relpath}",
+                           detail=f"{ps.file_count} files in {ps.scan_count} scans",
+                           action=url_for(".delete", prearchive_id=ps.id),
+                           back=url_for(".detail", prearchive_id=ps.id))
+
+
+@bp.post("/<int:prearchive_id>/delete")
+def delete(prearchive_id):
+    """Queue the deletion of a prearchive session."""
+    ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    try:
+        prearchive.request_delete(ps)
+    except prearchive.Busy as exc:
+        return _refuse(ps, str(exc), 409)
+    flash(f"Deleting {ps.relpath}.", "info")
+    return redirect(url_for(".index"), code=303)

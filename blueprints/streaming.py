@@ -1,0 +1,87 @@
+"""Request bodies written straight into ``uploads/{upload_id}/`` as they arrive.
+
+Werkzeug spools uploaded files larger than 500 kB to the system temp folder
+(often a RAM disk) and a raw body is read into memory by ``request.data``.
+Scanyard's request class writes every uploaded file of a request into the
+data folder instead, so that a multi-GB upload costs neither memory nor a
+second copy: the job later renames the files, it never copies them.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from flask import Request, current_app, request
+from werkzeug.utils import secure_filename
+
+from imaging import storage
+from models import new_id
+
+CHUNK = 1 << 20
+UPLOAD_ID_KEY = "scanyard.upload_id"
+CLAIMED_KEY = "scanyard.upload_claimed"
+
+
+def upload_id() -> str:
+    """Return this request's upload id, chosen when its first byte is stored."""
+    return request.environ.setdefault(UPLOAD_ID_KEY, new_id())
+
+
+def upload_folder() -> Path:
+    return storage.upload_dir(current_app.config["DATA_DIR"], upload_id())
+
+
+def _unique_path(folder: Path, filename: str | None) -> Path:
+    name = secure_filename(filename or "") or "upload.bin"
+    path, n = folder / name, 1
+    while path.exists():
+        stem, dot, ext = name.partition(".")
+        path = folder / f"{stem}-{n}{dot}{ext}"
+        n += 1
+    return path
+
+
+class StreamingRequest(Request):
+    """A request whose uploaded files are written into the data folder."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):
+        folder = upload_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        return open(_unique_path(folder, filename), "w+b")
+
+
+def save_body(filename: str) -> Path:
+    """Write the raw request body into this request's upload folder; return the path."""
+    folder = upload_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = _unique_path(folder, filename)
+    with open(path, "wb") as fh:
+        shutil.copyfileobj(request.stream, fh, CHUNK)
+    return path
+
+
+def stored_path(file_storage) -> Path:
+    """Return where a multipart file of this request was written, closing it."""
+    stream = file_storage.stream
+    path = Path(stream.name)
+    stream.close()
+    return path
+
+
+def claim_upload() -> None:
+    """Keep the files of this request: a job will take them from here."""
+    request.environ[CLAIMED_KEY] = True
+
+
+def discard_unclaimed(_exc=None) -> None:
+    """Teardown: remove what a request stored but did not hand to a job."""
+    uid = request.environ.get(UPLOAD_ID_KEY)
+    if uid and not request.environ.get(CLAIMED_KEY):
+        folder = storage.upload_dir(current_app.config["DATA_DIR"], uid)
+        # Only files already parsed: touching request.files would read the body.
+        for f in (request.__dict__.get("files") or {}).values():
+            f.close()
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+

@@ -1,0 +1,144 @@
+"""Where things live under the data folder, and writing files that survive a crash.
+
+Layout (see DESIGN.md):
+    uploads/{upload_id}/...
+    prearchive/{project|_unassigned}/{timestamp}/{session}/SCANS/{scan}/DICOM/{file}
+    prearchive/{project|_unassigned}/{timestamp}/{session}.json
+    archive/{project}/{subject}/{session}/SCANS/{scan}/{resource}/{file}
+    quarantine/{upload_id or receipt}/...
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+
+UNASSIGNED = "_unassigned"
+TRASH = ".trash"
+
+
+def project_key(project: str | None) -> str:
+    """Return the prearchive folder name of a project (or of no project)."""
+    return project or UNASSIGNED
+
+
+def new_timestamp(now: dt.datetime | None = None) -> str:
+    """Return a prearchive timestamp folder name: yyyyMMdd_HHmmssfff."""
+    now = now or dt.datetime.now()
+    return now.strftime("%Y%m%d_%H%M%S") + f"{now.microsecond // 1000:03d}"
+
+
+def prearchive_root(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "prearchive"
+
+
+def prearchive_session_dir(data_dir, project: str | None, timestamp: str, folder: str) -> Path:
+    return prearchive_root(data_dir) / project_key(project) / timestamp / folder
+
+
+def prearchive_json(data_dir, project: str | None, timestamp: str, folder: str) -> Path:
+    return prearchive_root(data_dir) / project_key(project) / timestamp / f"{folder}.json"
+
+
+def archive_session_dir(data_dir, project: str, subject: str, session: str) -> Path:
+    return Path(data_dir) / "archive" / project / subject / session
+
+
+def upload_dir(data_dir, upload_id: str) -> Path:
+    return Path(data_dir) / "uploads" / upload_id
+
+
+def quarantine_dir(data_dir, key: str) -> Path:
+    return Path(data_dir) / "quarantine" / key
+
+
+def trash_dir(data_dir) -> Path:
+    return Path(data_dir) / "archive" / TRASH
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write bytes to path so that a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+
+def read_json(path: str | Path) -> dict | None:
+    """Return the parsed JSON file, or None when it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+
+
+def move_into(src: Path, dst: Path) -> None:
+    """Rename src to dst (same filesystem), creating dst's parents; never copies."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(src, dst)
+
+
+def to_trash(path: Path) -> Path | None:
+    """Rename a folder into the trash (atomic); return where it went, or None
+    when there was nothing to move."""
+    if not path.exists():
+        return None
+    trash = trash_dir(_data_dir_of(path))
+    trash.mkdir(parents=True, exist_ok=True)
+    target = trash / f"{os.getpid()}-{os.urandom(6).hex()}"
+    os.rename(path, target)
+    return target
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder by first renaming it into the trash, so a crash never
+    leaves half a folder where a whole one is expected."""
+    target = to_trash(path)
+    if target is not None:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def empty_trash(data_dir) -> None:
+    trash = trash_dir(data_dir)
+    if trash.is_dir():
+        for child in trash.iterdir():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def remove_empty_parents(path: Path, stop: Path) -> None:
+    """Remove path and its parents while they are empty, up to (not including) stop."""
+    path, stop = Path(path), Path(stop)
+    while path != stop and stop in path.parents:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
+
+
+def _data_dir_of(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.name in ("archive", "prearchive", "uploads", "quarantine"):
+            return parent.parent
+    raise ValueError(f"{path} is not under a Scanyard data folder")

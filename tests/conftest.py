@@ -1,0 +1,143 @@
+"""Shared fixtures: an app on a fresh database and data folder, a real Redis
+queue and a real RQ worker, and DICOM data made from pydicom's test files.
+
+SCANYARD_TEST_DATABASE_URL (PostgreSQL) and SCANYARD_TEST_REDIS_URL point the
+tests at real services; each run creates and drops its own database and uses
+its own queue name. Without them the tests use SQLite and a private Redis.
+With CI=true a configured service that cannot be reached fails the run.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app import create_app
+from models import db
+
+RUN_ID = uuid.uuid4().hex[:10]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _service_failed(message: str):
+    if IN_CI:
+        pytest.exit(f"CI: {message}", returncode=3)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    url = os.environ.get("SCANYARD_TEST_REDIS_URL")
+    if url:
+        from redis import Redis
+
+        try:
+            Redis.from_url(url, socket_connect_timeout=3).ping()
+        except Exception as exc:
+            _service_failed(f"Redis at {url} cannot be reached: {exc}")
+        yield url
+        return
+    from workers.embedded_redis import start_embedded_redis, stop_embedded_redis
+
+    yield start_embedded_redis(str(tmp_path_factory.mktemp("redis")))
+    stop_embedded_redis()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """Create this run's PostgreSQL database; drop it at the end."""
+    base = os.environ.get("SCANYARD_TEST_DATABASE_URL")
+    if not base:
+        yield None
+        return
+    name = f"scanyard_test_{RUN_ID}"
+    admin_url = make_url(base.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        _service_failed(f"PostgreSQL at {base} cannot be reached: {exc}")
+    yield admin_url.set(database=name).render_as_string(hide_password=False).replace(
+        "postgresql+psycopg://", "postgresql://", 1)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _backends():
+    backends = ["sqlite"]
+    if os.environ.get("SCANYARD_TEST_DATABASE_URL"):
+        backends.append("postgresql")
+    return backends
+
+
+@pytest.fixture(params=_backends())
+def app(request, tmp_path, redis_url, postgres_url):
+    if request.param == "sqlite":
+        database_url = f"sqlite:///{tmp_path / 'scanyard.db'}"
+    else:
+        database_url = postgres_url
+    app = create_app({
+        "TESTING": True,
+        "SECRET_KEY": "test",
+        "WTF_CSRF_ENABLED": False,
+        "DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "QUEUE_NAME": f"scanyard-test-{RUN_ID}-{uuid.uuid4().hex[:6]}",
+        "BATCH_SIZE": 20,
+    })
+    with app.app_context():
+        if request.param == "postgresql":
+            db.drop_all()
+        db.create_all()
+    yield app
+    with app.app_context():
+        from workers.queue import get_queue
+
+        queue = get_queue()
+        queue.empty()
+        db.session.remove()
+        if request.param == "postgresql":
+            db.drop_all()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def run_jobs(app):
+    """Run a real RQ worker (in this process) until the queue is empty."""
+    from rq import SimpleWorker
+
+    def run():
+        with app.app_context():
+            from workers.queue import get_queue, get_redis
+
+            worker = SimpleWorker([get_queue()], connection=get_redis())
+            worker.work(burst=True, logging_level="WARNING")
+    return run
+
+
+@pytest.fixture
+def make_project(app):
+    from models import Project
+
+    def make(label="study1", **fields):
+        with app.app_context():
+            db.session.add(Project(label=label, name=fields.pop("name", label), **fields))
+            db.session.commit()
+        return label
+    return make

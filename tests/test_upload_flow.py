@@ -1,0 +1,160 @@
+"""The whole path: upload a zip in the browser form, the jobs read it into the
+prearchive, a person archives it, then browses and downloads it."""
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+from sqlalchemy import select
+
+from models import File, ImagingSession, PrearchiveSession, Scan, Upload, db
+from tests.dicomgen import make_study, zip_bytes
+
+
+def upload(client, data: bytes, name="study.zip", **fields):
+    form = {"project": "study1", "subject": "", "session": "", "session_date": "",
+            "date_unknown": "1", **fields}
+    form["file"] = (io.BytesIO(data), name)
+    return client.post("/upload", data=form, content_type="multipart/form-data",
+                       headers={"Accept": "application/json"})
+
+
+def two_studies():
+    uid_a, files_a = make_study(series=2, per_series=3, patient_id="SUBJ_A",
+                                patient_name="ALPHA^ANN")
+    uid_b, files_b = make_study(series=1, per_series=4, patient_id="SUBJ_B",
+                                patient_name="BETA^BOB")
+    files = {f"a/{n}.dcm": d for n, d in enumerate(files_a)}
+    files.update({f"b/{n}.dcm": d for n, d in enumerate(files_b)})
+    return (uid_a, files_a), (uid_b, files_b), files
+
+
+def test_zip_with_two_studies_makes_two_sessions_that_archive_and_download(
+        app, client, run_jobs, make_project):
+    make_project("study1")
+    (uid_a, files_a), (uid_b, files_b), files = two_studies()
+    res = upload(client, zip_bytes(files))
+    assert res.status_code == 202, res.get_data(as_text=True)
+    upload_id = res.get_json()["id"]
+    run_jobs()
+
+    report = client.get(f"/api/uploads/{upload_id}").get_json()
+    assert report["status"] == "DONE", report
+    assert report["files_total"] == 10
+    assert report["stored"] == 10 and report["duplicates"] == 0 and report["quarantined"] == 0
+    assert len(report["sessions"]) == 2
+
+    with app.app_context():
+        rows = db.session.scalars(select(PrearchiveSession)).all()
+        by_uid = {ps.study_uid: ps for ps in rows}
+        assert set(by_uid) == {uid_a, uid_b}
+        ps_a = by_uid[uid_a]
+        assert ps_a.status == "READY" and ps_a.project == "study1"
+        assert ps_a.subject == "ALPHA_ANN" and ps_a.session == "SUBJ_A"
+        assert [s["id"] for s in ps_a.scans] == ["1", "2"]
+        assert [s["files"] for s in ps_a.scans] == [3, 3]
+        assert by_uid[uid_b].file_count == 4
+        ps_id = ps_a.id
+
+    assert client.get("/prearchive/").status_code == 200
+    assert b"SUBJ_A" in client.get(f"/prearchive/{ps_id}").data
+
+    res = client.post(f"/prearchive/{ps_id}/archive")
+    assert res.status_code == 303
+    run_jobs()
+
+    data_dir = Path(app.config["DATA_DIR"])
+    with app.app_context():
+        assert db.session.get(PrearchiveSession, ps_id) is None
+        session = db.session.scalar(select(ImagingSession).filter_by(label="SUBJ_A"))
+        assert session.study_uid == uid_a and session.subject.label == "ALPHA_ANN"
+        scans = db.session.scalars(select(Scan).filter_by(session_id=session.id)).all()
+        assert sorted(s.scan_id for s in scans) == ["1", "2"]
+        assert all(s.series_description and s.modality == "MR" for s in scans)
+        rows = db.session.scalars(select(File)).all()
+        assert len(rows) == 6
+        for row in rows:
+            path = next((data_dir / "archive/study1/ALPHA_ANN/SUBJ_A/SCANS").glob(
+                f"*/DICOM/{row.path}"))
+            blob = path.read_bytes()
+            assert hashlib.sha256(blob).hexdigest() == row.sha256
+            assert len(blob) == row.size
+        archived = {hashlib.sha256(r.read_bytes()).hexdigest()
+                    for r in (data_dir / "archive").rglob("*.dcm")}
+    assert archived == {hashlib.sha256(d).hexdigest() for d in files_a}
+    assert not list((data_dir / "prearchive/study1").glob("*/SUBJ_A*"))
+
+    res = client.get("/projects/study1/sessions/SUBJ_A/download")
+    assert res.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(res.data)) as zf:
+        downloaded = {hashlib.sha256(zf.read(n)).hexdigest() for n in zf.namelist()}
+    assert downloaded == archived
+
+    page = client.get("/projects/study1/sessions/SUBJ_A")
+    assert page.status_code == 200 and b"series 1" in page.data
+    assert b"SUBJ_A" in client.get("/search?q=" + uid_a).data
+
+
+def test_archiving_onto_an_existing_session_label_is_refused(app, client, run_jobs,
+                                                             make_project):
+    make_project("study1")
+    _, files = make_study(series=1, per_series=2, patient_id="SAME")
+    upload(client, zip_bytes({f"{n}.dcm": d for n, d in enumerate(files)}))
+    _, files2 = make_study(series=1, per_series=2, patient_id="SAME")
+    upload(client, zip_bytes({f"{n}.dcm": d for n, d in enumerate(files2)}))
+    run_jobs()
+    with app.app_context():
+        first, second = db.session.scalars(select(PrearchiveSession)
+                                           .order_by(PrearchiveSession.id)).all()
+        first_id, second_id = first.id, second.id
+    client.post(f"/prearchive/{first_id}/archive")
+    run_jobs()
+    res = client.post(f"/prearchive/{second_id}/archive")
+    assert res.status_code == 409
+    assert b"already exists" in res.data
+    with app.app_context():
+        assert db.session.get(PrearchiveSession, second_id).status == "READY"
+
+
+def test_labels_can_be_edited_and_deleting_removes_the_session(app, client, run_jobs,
+                                                               make_project):
+    make_project("study1")
+    make_project("other")
+    _, files = make_study(series=1, per_series=2)
+    upload(client, zip_bytes({f"{n}.dcm": d for n, d in enumerate(files)}))
+    run_jobs()
+    with app.app_context():
+        ps = db.session.scalar(select(PrearchiveSession))
+        ps_id, old_dir = ps.id, Path(app.config["DATA_DIR"]) / "prearchive" / ps.relpath
+    res = client.post(f"/prearchive/{ps_id}/labels",
+                      data={"project": "other", "subject": "S01", "session": "S01_MR1"})
+    assert res.status_code == 303
+    with app.app_context():
+        ps = db.session.get(PrearchiveSession, ps_id)
+        assert (ps.project, ps.subject, ps.session) == ("other", "S01", "S01_MR1")
+        new_dir = Path(app.config["DATA_DIR"]) / "prearchive" / ps.relpath
+    assert new_dir.is_dir() and not old_dir.exists()
+    res = client.post(f"/prearchive/{ps_id}/labels", data={"subject": "../x"})
+    assert res.status_code == 400
+    assert client.get(f"/prearchive/{ps_id}/delete").status_code == 200
+    assert client.post(f"/prearchive/{ps_id}/delete").status_code == 303
+    run_jobs()
+    with app.app_context():
+        assert db.session.get(PrearchiveSession, ps_id) is None
+    assert not new_dir.exists()
+
+
+def test_upload_counts_and_progress_are_in_the_upload_row(app, client, run_jobs,
+                                                          make_project):
+    make_project("study1")
+    _, files = make_study(series=3, per_series=10)
+    res = upload(client, zip_bytes({f"{n}.dcm": d for n, d in enumerate(files)}))
+    with app.app_context():
+        row = db.session.get(Upload, res.get_json()["id"])
+        assert row.status == "QUEUED"
+    run_jobs()
+    report = client.get(res.get_json()["api"]).get_json()
+    assert report["files_read"] == report["files_total"] == 30
+    assert report["stored"] == 30

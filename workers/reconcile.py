@@ -1,0 +1,91 @@
+"""Re-queue work whose job Redis no longer holds.
+
+The database (and the prearchive folders) say what is in flight; Redis may
+have been restarted or flushed, or a worker killed. Run at worker start and
+every minute: anything queued or running whose job is gone, failed for good
+or stopped is queued again. Jobs are idempotent, so a spare run is harmless.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from flask import current_app
+from sqlalchemy import select
+
+from imaging import storage
+from models import (
+    ARCHIVING,
+    BUILDING,
+    DELETING,
+    QUEUED_ARCHIVING,
+    QUEUED_BUILDING,
+    QUEUED_DELETING,
+    UPLOAD_ACTIVE,
+    PrearchiveSession,
+    Upload,
+    db,
+    utcnow,
+)
+from workers import queue
+
+log = logging.getLogger(__name__)
+
+# A row younger than this may belong to a request that is enqueueing it now.
+GRACE = dt.timedelta(seconds=30)
+
+_ALIVE = {"queued", "started", "deferred", "scheduled"}
+
+_REQUEUE = {
+    QUEUED_ARCHIVING: queue.enqueue_archive_session, ARCHIVING: queue.enqueue_archive_session,
+    QUEUED_DELETING: queue.enqueue_delete_prearchive, DELETING: queue.enqueue_delete_prearchive,
+    QUEUED_BUILDING: queue.enqueue_build_session, BUILDING: queue.enqueue_build_session,
+}
+
+
+def job_alive(job_id: str | None) -> bool:
+    """True when Redis holds the job and it is waiting, running or retrying."""
+    if not job_id:
+        return False
+    job = queue.fetch_job(job_id)
+    if job is None:
+        return False
+    status = job.get_status(refresh=False)
+    status = getattr(status, "value", status)
+    return status in _ALIVE
+
+
+def reconcile(now: dt.datetime | None = None) -> list[str]:
+    """Re-queue lost work; return one line per job queued again."""
+    now = now or utcnow()
+    done = []
+    for upload in db.session.scalars(select(Upload).where(Upload.status.in_(UPLOAD_ACTIVE))):
+        if now - upload.created < GRACE:
+            continue
+        if not (job_alive(upload.id) or job_alive(f"{upload.id}-finish")):
+            _requeue_upload(upload)
+            done.append(f"upload {upload.id}")
+    rows = db.session.scalars(select(PrearchiveSession).where(
+        PrearchiveSession.status.in_(list(_REQUEUE))))
+    for ps in rows:
+        if now - ps.last_modified < GRACE or job_alive(ps.job_id):
+            continue
+        job = _REQUEUE[ps.status](ps.id)
+        ps.job_id = job.id
+        done.append(f"prearchive session {ps.relpath} ({ps.status})")
+    db.session.commit()
+    storage.empty_trash(current_app.config["DATA_DIR"])
+    for line in done:
+        log.warning("re-queued %s", line)
+    return done
+
+
+def _requeue_upload(upload: Upload) -> None:
+    """Start the upload's work again from the step it reached."""
+    root = storage.upload_dir(current_app.config["DATA_DIR"], upload.id)
+    if upload.status in ("READING", "FINISHING") and (root / "members.json").exists():
+        saved = storage.read_json(root / "members.json")
+        queue.enqueue_read_batches(upload.id, len(saved["members"]))
+    else:
+        queue.get_queue().remove(upload.id)
+        queue.enqueue_extract_upload(upload.id)
