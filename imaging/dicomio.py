@@ -1,0 +1,336 @@
+"""Reading what Scanyard needs from a DICOM file's header, fast and safely.
+
+A file is read once: its bytes are hashed whole and after the file meta
+group (so the same dataset sent by two senders is recognised as the same)
+and the header is parsed from memory, pixels skipped. Bad content always
+ends in NotDicom, never in another exception.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import io
+import math
+import os
+import re
+import struct
+
+import pydicom
+from pydicom.multival import MultiValue
+
+WHOLE_READ_LIMIT = 64 * 2**20
+_CHUNK = 2**20
+_HEAD = 2**20
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_PIXEL_DATA = b"\xe0\x7f\x10\x00"
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_DATE_RE = re.compile(r"(\d{4})\.?(\d{2})\.?(\d{2})")
+
+
+class NotDicom(ValueError):
+    """A file that is not a readable DICOM instance; the message says why."""
+
+
+@dataclasses.dataclass
+class DicomInfo:
+    """The header values Scanyard keeps of one DICOM file.
+
+    `meta_length` is the number of bytes before the dataset (preamble,
+    "DICM" and the file meta group 0002); `size` the file's size in bytes.
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str | None
+    sop_class_uid: str | None
+    transfer_syntax: str | None
+    modality: str | None
+    series_number: str | None
+    series_description: str | None
+    instance_number: int | None
+    study_date: datetime.date | None
+    study_time: str | None
+    study_description: str | None
+    accession_number: str | None
+    patient_name: str | None
+    patient_id: str | None
+    patient_comments: str | None
+    study_comments: str | None
+    additional_patient_history: str | None
+    manufacturer: str | None
+    model: str | None
+    station_name: str | None
+    repetition_time: float | None
+    echo_time: float | None
+    flip_angle: float | None
+    file_sha256: str
+    dataset_sha256: str
+    size: int
+    meta_length: int
+
+    def scan_fields(self) -> dict:
+        """Return the values that describe this file's scan (JSON-serialisable)."""
+        names = (
+            "series_description",
+            "modality",
+            "series_uid",
+            "manufacturer",
+            "model",
+            "repetition_time",
+            "echo_time",
+            "flip_angle",
+        )
+        return {name: getattr(self, name) for name in names}
+
+    def to_json(self) -> dict:
+        """Return all fields as a JSON-serialisable dict (the date as ISO text)."""
+        data = dataclasses.asdict(self)
+        if self.study_date is not None:
+            data["study_date"] = self.study_date.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DicomInfo":
+        """Return the DicomInfo that to_json() wrote; unknown keys are ignored."""
+        values = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
+        if values["study_date"]:
+            values["study_date"] = datetime.date.fromisoformat(values["study_date"])
+        return cls(**values)
+
+
+def has_dicm(data: bytes) -> bool:
+    """Return True when `data` has the 128-byte preamble and the "DICM" marker."""
+    return data[128:132] == b"DICM"
+
+
+def _meta_start(data: bytes) -> int | None:
+    """Return where the file meta group starts, or None when there is none."""
+    if has_dicm(data):
+        return 132
+    if data[:2] == b"\x02\x00":
+        return 0
+    return None
+
+
+def _walk_meta(data: bytes, pos: int) -> int:
+    """Return the offset just after the group 0002 elements starting at `pos`.
+
+    Raises NotDicom when an element runs past the end of `data`.
+    """
+    while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                raise NotDicom("DICOM file meta information is truncated")
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            header = 12
+        elif vr.isalpha() and vr.isupper():
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            header = 8
+        else:  # some writers put the meta group in implicit VR
+            (length,) = struct.unpack_from("<I", data, pos + 4)
+            header = 8
+        if length == 0xFFFFFFFF:
+            raise NotDicom("DICOM file meta information has an undefined length")
+        pos += header + length
+    if pos > len(data):
+        raise NotDicom("DICOM file meta information is truncated")
+    return pos
+
+
+def dataset_offset(data: bytes) -> int:
+    """Return where the dataset starts in `data`, the bytes of a DICOM file.
+
+    That is after the preamble, "DICM" and the group 0002 elements; 0 when
+    the file has no file meta. Raises NotDicom when the meta is truncated.
+    """
+    start = _meta_start(data)
+    if start is None:
+        return 0
+    # The elements are walked rather than (0002,0000) trusted: some writers
+    # get the group length wrong, and pydicom reads the group by walking too.
+    return _walk_meta(data, start)
+
+
+def _hashes(path, offset: int) -> tuple[str, str]:
+    """Return the sha256 of the whole file and of its bytes from `offset` on."""
+    whole, dataset = hashlib.sha256(), hashlib.sha256()
+    seen = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            whole.update(chunk)
+            dataset.update(chunk[max(offset - seen, 0) :])
+            seen += len(chunk)
+    return whole.hexdigest(), dataset.hexdigest()
+
+
+def _parse(f, dicm: bool, size: int, **kwargs) -> pydicom.Dataset:
+    """Return the header read from the open file `f`, checking the pixels are all there."""
+    try:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, force=not dicm, **kwargs)
+    except Exception as exc:  # pydicom raises many kinds on bad bytes
+        raise NotDicom(f"DICOM header could not be read: {exc}") from exc
+    # pydicom stops in front of the pixel data without reading it, so a file
+    # cut short in its pixels (a broken transfer) would otherwise pass.
+    if _pixels_end(f, f.tell()) > size:
+        raise NotDicom("DICOM file is truncated: its pixel data is incomplete")
+    return ds
+
+
+def _pixels_end(f, pos: int) -> int:
+    """Return where the little-endian pixel data element at `pos` ends (0 if none)."""
+    f.seek(pos)
+    header = f.read(12)
+    if not header or not _PIXEL_DATA.startswith(header[:4]):
+        return 0
+    explicit = header[4:6] in (b"OB", b"OW")
+    header_length = 12 if explicit else 8
+    if len(header) < header_length:
+        return pos + header_length
+    (length,) = struct.unpack_from("<I", header, header_length - 4)
+    pos += header_length
+    if length != 0xFFFFFFFF:
+        return pos + length
+    while True:  # encapsulated: fragments up to the sequence delimiter
+        f.seek(pos)
+        item = f.read(8)
+        if len(item) < 8:
+            return pos + 8
+        tag, length = struct.unpack("<4sI", item)
+        pos += 8
+        if tag == b"\xfe\xff\xdd\xe0":
+            return pos
+        if tag != b"\xfe\xff\x00\xe0" or length == 0xFFFFFFFF:
+            return 0  # not what we understand; pydicom has read the header
+        pos += length
+
+
+def _check_start(head: bytes) -> bool:
+    """Return True when `head` has "DICM"; raise NotDicom unless it starts like DICOM."""
+    if has_dicm(head):
+        return True
+    if len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00"):
+        return False
+    raise NotDicom("not a DICOM file (no DICM marker and no valid group 0008 start)")
+
+
+def read_dicom(path) -> DicomInfo:
+    """Return the DicomInfo of the file at `path`.
+
+    Raises NotDicom for anything that is not a DICOM instance with a
+    StudyInstanceUID and a SeriesInstanceUID; OSError when the file cannot
+    be opened.
+    """
+    size = os.path.getsize(path)
+    if size > WHOLE_READ_LIMIT:
+        with open(path, "rb") as f:
+            head = f.read(_HEAD)
+        dicm = _check_start(head)
+        offset = dataset_offset(head)
+        file_sha256, dataset_sha256 = _hashes(path, offset)
+        with open(path, "rb") as f:
+            ds = _parse(f, dicm, size, defer_size=_CHUNK)
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+        size = len(data)
+        dicm = _check_start(data)
+        offset = dataset_offset(data)
+        file_sha256 = hashlib.sha256(data).hexdigest()
+        dataset_sha256 = hashlib.sha256(memoryview(data)[offset:]).hexdigest()
+        ds = _parse(io.BytesIO(data), dicm, size)
+    try:
+        return _info(ds, file_sha256, dataset_sha256, size, offset)
+    except NotDicom:
+        raise
+    except Exception as exc:  # a value pydicom only decodes when asked for it
+        raise NotDicom(f"DICOM header could not be read: {exc}") from exc
+
+
+def _text(ds, keyword: str) -> str | None:
+    """Return an element's value as stripped text, None when absent or unreadable."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # pydicom decodes lazily; a damaged value reads as missing
+        return None
+    if value is None:
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        value = "\\".join(str(v) for v in value)
+    elif isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    text = str(value).strip().strip("\x00").strip()
+    return text or None
+
+
+def _number(ds, keyword: str, kind: type):
+    """Return the first value of a numeric element as `kind`, None when unreadable."""
+    text = _text(ds, keyword)
+    if text is None:
+        return None
+    try:
+        number = float(text.split("\\")[0])
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    return int(number) if kind is int else number
+
+
+def _date(text: str | None) -> datetime.date | None:
+    match = _DATE_RE.fullmatch(text or "")
+    if not match:
+        return None
+    try:
+        return datetime.date(*(int(g) for g in match.groups()))
+    except ValueError:
+        return None
+
+
+def _transfer_syntax(ds) -> str | None:
+    syntax = _text(getattr(ds, "file_meta", {}), "TransferSyntaxUID")
+    if syntax is None and ds.original_encoding[1]:
+        # No file meta: say what pydicom found, so duplicates can be compared.
+        syntax = _IMPLICIT_LE if ds.original_encoding[0] else _EXPLICIT_LE
+    return syntax
+
+
+def _info(ds, file_sha256: str, dataset_sha256: str, size: int, offset: int) -> DicomInfo:
+    study_uid = _text(ds, "StudyInstanceUID")
+    series_uid = _text(ds, "SeriesInstanceUID")
+    if study_uid is None:
+        raise NotDicom("missing StudyInstanceUID")
+    if series_uid is None:
+        raise NotDicom("missing SeriesInstanceUID")
+    meta = getattr(ds, "file_meta", {})
+    return DicomInfo(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=_text(ds, "SOPInstanceUID") or _text(meta, "MediaStorageSOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID") or _text(meta, "MediaStorageSOPClassUID"),
+        transfer_syntax=_transfer_syntax(ds),
+        modality=_text(ds, "Modality"),
+        series_number=_text(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        instance_number=_number(ds, "InstanceNumber", int),
+        study_date=_date(_text(ds, "StudyDate")),
+        study_time=_text(ds, "StudyTime"),
+        study_description=_text(ds, "StudyDescription"),
+        accession_number=_text(ds, "AccessionNumber"),
+        patient_name=_text(ds, "PatientName"),
+        patient_id=_text(ds, "PatientID"),
+        patient_comments=_text(ds, "PatientComments"),
+        study_comments=_text(ds, "StudyComments"),
+        additional_patient_history=_text(ds, "AdditionalPatientHistory"),
+        manufacturer=_text(ds, "Manufacturer"),
+        model=_text(ds, "ManufacturerModelName"),
+        station_name=_text(ds, "StationName"),
+        repetition_time=_number(ds, "RepetitionTime", float),
+        echo_time=_number(ds, "EchoTime", float),
+        flip_angle=_number(ds, "FlipAngle", float),
+        file_sha256=file_sha256,
+        dataset_sha256=dataset_sha256,
+        size=size,
+        meta_length=offset,
+    )

@@ -1,0 +1,358 @@
+"""Safe extraction of zip and tar uploads.
+
+Every entry is checked before anything is written (paths, links, special
+files, sizes, zip bombs), and members are streamed to disk in chunks, so a
+hostile or damaged archive ends in an ExtractError, never in a file outside
+the upload folder or a full disk.
+"""
+
+import contextlib
+import lzma
+import os
+import pathlib
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from imaging.labels import shown
+
+CHUNK = 2**20
+_RATIO_FLOOR = 16 * 2**20
+_MAX_NAME_PART_BYTES = 255
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+# What reading a damaged archive raises (gzip.BadGzipFile is an OSError).
+_DAMAGE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
+_CHANGED = "The archive changed while it was being unpacked."
+_LYING = "holds more data than its header declares; the archive is damaged or forged"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much an archive may hold; the ratio is only checked above 16 MiB."""
+
+    max_entries: int = 200_000
+    max_total_bytes: int = 64 * 2**30
+    max_ratio: float = 200.0
+    max_entry_bytes: int = 8 * 2**30
+
+
+class ExtractError(ValueError):
+    """An archive that cannot be unpacked safely; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """A regular file of an archive.
+
+    `name` is a normalised relative posix path, `index` the entry's position
+    in the archive (every entry counts, directories too), `size` the declared
+    uncompressed size. Two members may share a name; the caller renames one.
+    """
+
+    name: str
+    index: int
+    size: int
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _entry_error(raw: str, why: str) -> ExtractError:
+    return ExtractError(f"Archive entry {shown(raw)} {why}.")
+
+
+@contextlib.contextmanager
+def _reading(kind: str):
+    """Turn an error raised while reading the archive into ExtractError."""
+    try:
+        yield
+    except _DAMAGE as exc:
+        detail = str(exc).strip().rstrip(".") or type(exc).__name__
+        raise ExtractError(f"The {kind} archive is damaged: {detail}.") from exc
+
+
+def normalise_name(raw: str) -> str:
+    """Return `raw` as a relative posix path ("" for the archive's root).
+
+    Backslashes count as separators (Windows zip tools write them). Raises
+    ExtractError for control characters, absolute paths, drive letters, a
+    ".." that climbs out of the archive, or a name part too long for disk.
+    """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
+        raise _entry_error(raw, "has control characters in its name")
+    name = raw.replace("\\", "/")
+    if name.startswith("/") or (name[1:2] == ":" and name[:1].isalpha()):
+        raise _entry_error(raw, "points outside the upload folder")
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part == "..":
+            if not parts:
+                raise _entry_error(raw, "points outside the upload folder")
+            parts.pop()
+        elif part not in ("", "."):
+            if len(part.encode("utf-8", "surrogateescape")) > _MAX_NAME_PART_BYTES:
+                raise _entry_error(raw, "has a name too long for a file")
+            parts.append(part)
+    return "/".join(parts)
+
+
+def is_junk(name: str) -> bool:
+    """Return True for macOS clutter (__MACOSX/, ._*, .DS_Store), never unpacked."""
+    parts = name.split("/")
+    return parts[0] == "__MACOSX" or parts[-1].startswith("._") or parts[-1] == ".DS_Store"
+
+
+def archive_kind(path) -> str:
+    """Return "zip" or "tar" (plain or gz/bz2/xz compressed), judged by content.
+
+    Raises ExtractError when the file is neither.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    with contextlib.suppress(*_DAMAGE):
+        if tarfile.is_tarfile(path):
+            return "tar"
+    if head.startswith(_COMPRESSED_MAGIC):
+        raise ExtractError("The file is compressed but is not a readable tar archive.")
+    raise ExtractError("The file is not a zip or tar archive.")
+
+
+def _checked_name(raw: str, kind: str, link_target=None) -> str | None:
+    """Return the normalised name of a regular file, None for a directory or junk.
+
+    `kind` is "file", "dir", "link" or "special". Raises ExtractError for a
+    bad name, a link or a special file.
+    """
+    name = normalise_name(raw)
+    if kind == "link":
+        raise ExtractError(
+            f"The archive holds a link ({shown(raw)} -> {shown(link_target())}); "
+            "links are not accepted."
+        )
+    if kind == "dir" or is_junk(name):
+        return None
+    if not name:
+        raise _entry_error(raw, "has no file name")
+    if kind != "file":
+        raise _entry_error(raw, "is a device or pipe; only regular files are accepted")
+    return name
+
+
+def _zip_name(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
+    """Return a zip entry's name as _checked_name does; also refuse encryption."""
+    # Only Unix zip tools store a file type in the high bits of external_attr.
+    mode = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
+    kinds = {0: "file", stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "link"}
+    kind = "dir" if info.is_dir() else kinds.get(mode, "special")
+    name = _checked_name(info.filename, kind, lambda: _zip_link_target(zf, info))
+    if name is not None and info.flag_bits & 0x1:
+        raise _entry_error(info.filename, "is encrypted; encrypted archives are not accepted")
+    if name is not None and info.compress_type not in _ZIP_METHODS:
+        raise _entry_error(
+            info.filename,
+            f"uses a compression method ({info.compress_type}) that cannot be read; "
+            "zip it again with standard settings",
+        )
+    return name
+
+
+def _zip_link_target(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    # Only shown to the user, so a damaged, encrypted or huge target is "?".
+    if info.file_size > 4096 or info.flag_bits & 0x1:
+        return "?"
+    try:
+        return zf.read(info).decode("utf-8", "replace")
+    except (*_DAMAGE, NotImplementedError, RuntimeError):
+        return "?"
+
+
+def _tar_name(info: tarfile.TarInfo) -> str | None:
+    """Return a tar entry's name as _checked_name does."""
+    if info.issym() or info.islnk():
+        kind = "link"
+    else:
+        kind = "dir" if info.isdir() else "file" if info.isfile() else "special"
+    return _checked_name(info.name, kind, lambda: info.linkname)
+
+
+def _tar_entries(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Yield the headers of `tf` in order; raise ExtractError when it is damaged."""
+    entries = iter(tf)
+    while True:
+        with _reading("tar"):
+            info = next(entries, None)
+        if info is None:
+            return
+        # TarFile keeps every header it has read; a huge tar would fill memory.
+        tf.members.clear()
+        yield info
+
+
+def _check_sizes(members: list[Member], limits: Limits) -> int:
+    """Return the members' total declared size; raise ExtractError over `limits`."""
+    for member in members:
+        if member.size > limits.max_entry_bytes:
+            raise _entry_error(
+                member.name,
+                f"would unpack to {_human(member.size)}, more than the "
+                f"{_human(limits.max_entry_bytes)} allowed for one file",
+            )
+    total = sum(member.size for member in members)
+    if total > limits.max_total_bytes:
+        raise ExtractError(
+            f"The archive would unpack to {_human(total)}, more than the "
+            f"{_human(limits.max_total_bytes)} allowed."
+        )
+    return total
+
+
+def list_members(path, limits: Limits = Limits()) -> list[Member]:
+    """Return the regular files of the zip or tar at `path`, in archive order.
+
+    Every entry is checked and the first problem raises ExtractError: a bad
+    name (see normalise_name), a link, a device, an encrypted entry, too many
+    entries, too many bytes, a zip-bomb ratio, a damaged archive.
+    Directories and macOS clutter are left out.
+    """
+    members: list[Member] = []
+    for index, name, size in _entries(path, archive_kind(path)):
+        if index >= limits.max_entries:
+            raise ExtractError(
+                f"The archive holds more than the {limits.max_entries} entries allowed."
+            )
+        if name is not None:
+            members.append(Member(name, index, size))
+    total = _check_sizes(members, limits)
+    ratio = total / max(os.path.getsize(path), 1)
+    if total > _RATIO_FLOOR and ratio > limits.max_ratio:
+        raise ExtractError(
+            f"The archive expands {ratio:.0f} times its size; this looks like a zip bomb."
+        )
+    return members
+
+
+def _open(path, kind: str):
+    """Return the open ZipFile or TarFile; raise ExtractError when it is damaged."""
+    with _reading(kind):
+        if kind == "zip":
+            return zipfile.ZipFile(path)
+        return tarfile.open(path, "r:*")
+
+
+def _entries(path, kind: str) -> Iterator[tuple[int, str | None, int]]:
+    """Yield (index, checked name or None, declared size) for every entry."""
+    with _open(path, kind) as archive:
+        if kind == "zip":
+            for index, info in enumerate(archive.infolist()):
+                yield index, _zip_name(archive, info), info.file_size
+        else:
+            for index, info in enumerate(_tar_entries(archive)):
+                yield index, _tar_name(info), info.size
+
+
+def _target(root: pathlib.Path, member: Member) -> pathlib.Path:
+    """Return where `member` is written; raise ExtractError if that leaves `root`."""
+    if not member.name or normalise_name(member.name) != member.name:
+        raise _entry_error(member.name, "is not a safe file name")
+    target = root / member.name
+    parent = target.parent.resolve()
+    if not parent.is_relative_to(root):
+        raise _entry_error(member.name, "points outside the upload folder")
+    return parent / target.name
+
+
+def _write(source, kind: str, member: Member, target: pathlib.Path) -> None:
+    """Stream `source` into `target` (mode 0o644), never more than declared.
+
+    Raises ExtractError for a damaged archive, a lying header or a name
+    clash; errors of the destination disk are raised as they are. A file
+    cut short is removed.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        raise _entry_error(member.name, "clashes with another entry of the same name") from exc
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)
+            while True:
+                with _reading(kind):
+                    chunk = source.read(CHUNK)
+                if not chunk:
+                    break
+                written += len(chunk)
+                if written > member.size:
+                    raise _entry_error(member.name, _LYING)
+                out.write(chunk)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _zip_sources(path, members: list[Member]) -> Iterator[tuple[Member, object]]:
+    """Yield (member, open source) for each member, read by its index."""
+    with _open(path, "zip") as archive:
+        infos = archive.infolist()
+        for member in members:
+            info = infos[member.index] if 0 <= member.index < len(infos) else None
+            if info is None or _zip_name(archive, info) is None:
+                raise ExtractError(_CHANGED)
+            with _reading("zip"):
+                source = archive.open(info)
+            yield member, source
+
+
+def _tar_sources(path, members: list[Member]) -> Iterator[tuple[Member, object]]:
+    """Yield (member, open source) in archive order, reading the tar once."""
+    wanted: dict[int, list[Member]] = {}
+    for member in members:
+        wanted.setdefault(member.index, []).append(member)
+    with _open(path, "tar") as archive:
+        for index, info in enumerate(_tar_entries(archive)):
+            for member in wanted.pop(index, ()):
+                if _tar_name(info) is None:
+                    raise ExtractError(_CHANGED)
+                with _reading("tar"):
+                    source = archive.extractfile(info)
+                yield member, source
+            if not wanted:
+                return
+    if wanted:
+        raise ExtractError(_CHANGED)
+
+
+def extract_members(
+    path, members: list[Member], dest_dir, limits: Limits = Limits()
+) -> Iterator[tuple[Member, pathlib.Path]]:
+    """Write each of `members` to `dest_dir / member.name`; yield (member, path).
+
+    Each pair is yielded once its file is written and closed. Zip members
+    are read by index, so several processes can unpack disjoint subsets of
+    one zip; a tar is read once, in archive order. Raises ExtractError for
+    members over `limits` (before anything is written), a damaged archive,
+    or a member holding more than it declares. Errors of the destination
+    disk (full, no permission) are raised as OSError.
+    """
+    _check_sizes(members, limits)
+    root = pathlib.Path(dest_dir).resolve()
+    kind = archive_kind(path)
+    sources = _zip_sources if kind == "zip" else _tar_sources
+    for member, source in sources(path, members):
+        with source:
+            target = _target(root, member)
+            _write(source, kind, member, target)
+        yield member, target
