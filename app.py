@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flask import Flask, render_template
+from flask import Flask, current_app, render_template, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_migrate import Migrate
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from models import db
 
@@ -32,6 +34,12 @@ DEFAULTS = {
     "IMPORT_WAIT_SECONDS": 600,
     "BATCH_SIZE": 250,
     "PAGE_SIZE": 50,
+    "PROXY_COUNT": 0,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "SESSION_COOKIE_HTTPONLY": True,
+    # CSRF is checked by _check_csrf, which leaves script endpoints out.
+    "WTF_CSRF_CHECK_DEFAULT": False,
+    "WTF_CSRF_TIME_LIMIT": None,
 }
 
 
@@ -54,8 +62,14 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.request_class = StreamingRequest
     app.teardown_request(discard_unclaimed)
+    app.session_interface = _SessionInterface()
     csrf.init_app(app)
+    app.before_request(_check_csrf)
     register_blueprints(app)
+    if app.config["PROXY_COUNT"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_COUNT"],
+                                x_proto=app.config["PROXY_COUNT"],
+                                x_host=app.config["PROXY_COUNT"])
 
     import cli
     cli.register(app)
@@ -84,7 +98,7 @@ def _finish_config(app: Flask) -> None:
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(app)
     for key in ("SCP_PORT", "SESSION_IDLE_SECONDS", "IMPORT_WAIT_SECONDS", "BATCH_SIZE",
-                "PAGE_SIZE"):
+                "PAGE_SIZE", "PROXY_COUNT"):
         app.config[key] = int(app.config[key])
     for sub in ("uploads", "prearchive", "archive", "quarantine"):
         os.makedirs(os.path.join(app.config["DATA_DIR"], sub), exist_ok=True)
@@ -99,6 +113,22 @@ def _instance_secret(app: Flask) -> str:
             fh.write(os.urandom(32).hex())
     with open(path) as fh:
         return fh.read().strip()
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Session cookies marked Secure whenever the request came over HTTPS."""
+
+    def get_cookie_secure(self, app) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
+
+
+def _check_csrf():
+    """Check the CSRF token of forms; script endpoints authenticate otherwise."""
+    from blueprints.auth import is_api_request
+
+    if current_app.config["WTF_CSRF_ENABLED"] and request.method not in (
+            "GET", "HEAD", "OPTIONS", "TRACE") and not is_api_request():
+        csrf.protect()
 
 
 def _tune_engine(engine: Engine) -> None:

@@ -3,22 +3,58 @@ from __future__ import annotations
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 from flask_migrate import upgrade
 
 
 def register(app: Flask) -> None:
-    for command in (init_db, worker, serve, reconcile_command):
+    for command in (init_db, create_user, worker, serve, reconcile_command):
         app.cli.add_command(command)
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db():
     """Create the database or bring it up to date."""
     upgrade(directory=current_app.extensions["migrate"].directory)
     click.echo(f"Database ready: {current_app.config['DATABASE_URL']}")
 
 
+@click.command("create-user")
+@with_appcontext
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Make the user a site administrator.")
+def create_user(name, admin):
+    """Create a user; the password comes from a prompt, or from standard input."""
+    import sys
+
+    from sqlalchemy import func, select
+
+    from blueprints.auth import set_password
+    from imaging.labels import LabelError, check_label
+    from models import User, db
+
+    try:
+        name = check_label(name, "User name")
+    except LabelError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if db.session.scalar(select(User.id).where(func.lower(User.username) == name.lower())):
+        raise click.ClickException(f"A user {name!r} already exists.")
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        raise click.ClickException("The password needs at least 8 characters.")
+    user = User(username=name, is_admin=admin)
+    set_password(user, password)
+    db.session.add(user)
+    db.session.commit()
+    click.echo(f"User {name} created{' (site administrator)' if admin else ''}.")
+
+
 @click.command("worker")
+@with_appcontext
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
 def worker(burst):
     """Run one RQ worker for Scanyard's jobs."""
@@ -30,6 +66,7 @@ def worker(burst):
 
 
 @click.command("reconcile")
+@with_appcontext
 def reconcile_command():
     """Re-queue uploads and sessions whose job was lost."""
     from workers.reconcile import reconcile
@@ -39,6 +76,7 @@ def reconcile_command():
 
 
 @click.command("serve")
+@with_appcontext
 @click.option("--host", default="127.0.0.1", envvar="SCANYARD_HOST", show_default=True)
 @click.option("--port", default=5000, type=int, envvar="SCANYARD_PORT", show_default=True)
 @click.option("--workers", "worker_count", default=2, type=int, envvar="SCANYARD_WORKERS",

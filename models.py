@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+from flask_login import UserMixin
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
     JSON,
@@ -262,7 +263,7 @@ class PrearchiveSession(db.Model):
         return f"{self.project_key}/{self.timestamp}/{self.folder}"
 
 
-class User(db.Model):
+class User(UserMixin, db.Model):
     __tablename__ = "user"
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
@@ -274,6 +275,10 @@ class User(db.Model):
     locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
+    @property
+    def is_active(self) -> bool:
+        return self.enabled
+
 
 class Membership(db.Model):
     __tablename__ = "membership"
@@ -282,6 +287,8 @@ class Membership(db.Model):
     project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("user.id"), index=True)
     role: Mapped[str] = mapped_column(String(16))  # owner, member, collaborator
+
+    user: Mapped[User] = relationship()
 
 
 class ApiToken(db.Model):

@@ -5,9 +5,10 @@ from flask import Flask, request
 
 
 def register_blueprints(app: Flask) -> None:
-    from blueprints import api, archive, prearchive, upload
+    from blueprints import admin, api, archive, audit, auth, members, prearchive, upload
 
-    for module in (archive, upload, prearchive, api):
+    auth.init_app(app)
+    for module in (auth, archive, members, upload, prearchive, api, admin, audit):
         app.register_blueprint(module.bp)
 
 

@@ -1,21 +1,106 @@
 """The one place that decides who may see and do what.
 
 Every view and endpoint that touches a project's data looks it up through
-these helpers, so that a rule changes in one place.
+these helpers, so that a rule changes in one place:
+
+- site admins see and do everything, including the unassigned prearchive;
+- owners do everything in their project, members create, upload, edit,
+  archive and delete prearchive entries, collaborators read and download;
+- a public project may be read by every logged-in user; a protected project
+  shows its title and description to them, not its data; a private project
+  is invisible to all but its users.
+
+A project the user may not see answers 404, as if it did not exist; one they
+may see but not use as asked answers 403.
 """
 from __future__ import annotations
 
 from flask import abort
-from sqlalchemy import select
+from flask_login import current_user
+from sqlalchemy import or_, select
 
-from models import ImagingSession, PrearchiveSession, Project, Scan, Subject, Upload, db
+from models import (
+    ImagingSession,
+    Membership,
+    PrearchiveSession,
+    Project,
+    Scan,
+    Subject,
+    Upload,
+    User,
+    db,
+)
 
-READ, EDIT, OWN = "read", "edit", "own"
+SEE, READ, EDIT, OWN = "see", "read", "edit", "own"
+ROLES = ("owner", "member", "collaborator")
+_ROLE_CAN = {
+    "owner": {SEE, READ, EDIT, OWN},
+    "member": {SEE, READ, EDIT},
+    "collaborator": {SEE, READ},
+}
+_ACCESSIBILITY_CAN = {"public": {SEE, READ}, "protected": {SEE}, "private": set()}
 
 
-def visible_projects() -> list[Project]:
-    """Return the projects the current user may see, by label."""
-    return list(db.session.scalars(select(Project).order_by(Project.label)))
+def user() -> User | None:
+    """Return the logged-in user, or None."""
+    return current_user if current_user.is_authenticated else None
+
+
+def is_admin() -> bool:
+    u = user()
+    return bool(u and u.is_admin)
+
+
+def role_in(project: Project) -> str | None:
+    """Return the current user's role in a project ("admin" for site admins)."""
+    u = user()
+    if u is None:
+        return None
+    if u.is_admin:
+        return "admin"
+    return db.session.scalar(select(Membership.role).filter_by(project_id=project.id,
+                                                              user_id=u.id))
+
+
+def can(project: Project, need: str = READ) -> bool:
+    """True when the current user may do `need` in the project."""
+    u = user()
+    if u is None:
+        return False
+    if u.is_admin:
+        return True
+    role = role_in(project)
+    if role and need in _ROLE_CAN.get(role, set()):
+        return True
+    return need in _ACCESSIBILITY_CAN.get(project.accessibility, set())
+
+
+def _check(project: Project, need: str) -> None:
+    if can(project, need):
+        return
+    if can(project, SEE):
+        abort(403, f"You may not do that in project {project.label!r}.")
+    abort(404, f"No project {project.label!r}.")
+
+
+def visible_projects(need: str = SEE) -> list[Project]:
+    """Return the projects on which the current user may do `need`, by label."""
+    u = user()
+    if u is None:
+        return []
+    query = select(Project).order_by(Project.label)
+    if not u.is_admin:
+        roles = [r for r, rights in _ROLE_CAN.items() if need in rights]
+        open_to_all = [a for a, rights in _ACCESSIBILITY_CAN.items() if need in rights]
+        member_of = select(Membership.project_id).where(Membership.user_id == u.id,
+                                                        Membership.role.in_(roles))
+        query = query.where(or_(Project.id.in_(member_of),
+                                Project.accessibility.in_(open_to_all)))
+    return list(db.session.scalars(query))
+
+
+def visible_project_labels(need: str = SEE) -> list[str]:
+    return [p.label for p in visible_projects(need)]
 
 
 def get_project(label: str, need: str = READ) -> Project:
@@ -23,6 +108,7 @@ def get_project(label: str, need: str = READ) -> Project:
     project = db.session.scalar(select(Project).filter_by(label=label))
     if project is None:
         abort(404, f"No project {label!r}.")
+    _check(project, need)
     return project
 
 
@@ -48,21 +134,51 @@ def get_scan(session: ImagingSession, scan_id: str) -> Scan:
     return scan
 
 
+def can_use_prearchive(project_label: str | None) -> bool:
+    """Prearchive sessions are for the people who archive: members, owners and
+    admins; the unassigned ones for admins only."""
+    if project_label is None:
+        return is_admin()
+    project = db.session.scalar(select(Project).filter_by(label=project_label))
+    return project is not None and can(project, EDIT)
+
+
 def get_prearchive_session(prearchive_id: int, need: str = READ) -> PrearchiveSession:
     """Return the prearchive session or abort with 404."""
     ps = db.session.get(PrearchiveSession, prearchive_id)
-    if ps is None:
+    if ps is None or not can_use_prearchive(ps.project):
         abort(404, "No such prearchive session.")
     return ps
 
 
+def prearchive_filter():
+    """Return a SQL condition selecting the prearchive rows the user may see."""
+    if is_admin():
+        return PrearchiveSession.id.isnot(None)
+    return PrearchiveSession.project.in_(visible_project_labels(EDIT))
+
+
 def get_upload(upload_id: str) -> Upload:
+    """Return an upload its owner, an admin, or a member of its project may see."""
     upload = db.session.get(Upload, upload_id)
-    if upload is None:
+    u = user()
+    allowed = upload is not None and u is not None and (
+        u.is_admin or upload.user_id == u.id or can_use_prearchive(upload.project)
+        and upload.project is not None)
+    if not allowed:
         abort(404, "No such upload.")
     return upload
 
 
+def upload_filter():
+    """Return a SQL condition selecting the uploads the user may see."""
+    u = user()
+    if u.is_admin:
+        return Upload.id.isnot(None)
+    return or_(Upload.user_id == u.id, Upload.project.in_(visible_project_labels(EDIT)))
+
+
 def require_admin() -> None:
     """Abort unless the current user is a site administrator."""
-    return None
+    if not is_admin():
+        abort(403, "Only site administrators may do that.")

@@ -7,11 +7,11 @@ from pathlib import Path
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, or_, select
 
-from blueprints import access
+from blueprints import access, audit
 from blueprints.zipstream import zip_response
 from imaging import storage
 from imaging.labels import LabelError, check_label
-from models import File, ImagingSession, Project, Resource, Scan, Subject, db
+from models import File, ImagingSession, Membership, Project, Resource, Scan, Subject, db
 from workers.archiving import delete_archived_session
 
 bp = Blueprint("archive", __name__)
@@ -39,9 +39,10 @@ def project_counts(project_ids: list[int]) -> dict[int, dict]:
 @bp.get("/")
 def index():
     """List the projects with their counts."""
-    projects = access.visible_projects()
-    return render_template("archive/index.html", projects=projects,
-                           counts=project_counts([p.id for p in projects]))
+    projects = access.visible_projects(access.SEE)
+    readable = {p.id for p in access.visible_projects(access.READ)}
+    return render_template("archive/index.html", projects=projects, readable=readable,
+                           counts=project_counts(sorted(readable)))
 
 
 @bp.route("/projects/new", methods=["GET", "POST"])
@@ -60,9 +61,14 @@ def new_project():
     accessibility = form.get("accessibility", "private")
     if accessibility not in ("private", "protected", "public"):
         accessibility = "private"
-    db.session.add(Project(label=label, name=form.get("name", "").strip()[:255] or label,
-                           description=form.get("description", "").strip(),
-                           accessibility=accessibility))
+    project = Project(label=label, name=form.get("name", "").strip()[:255] or label,
+                      description=form.get("description", "").strip(),
+                      accessibility=accessibility)
+    db.session.add(project)
+    db.session.flush()
+    # Whoever creates a project owns it.
+    db.session.add(Membership(project_id=project.id, user_id=access.user().id, role="owner"))
+    audit.record("project_change", project=label, target=label, action="created")
     db.session.commit()
     flash(f"Project {label} created.", "info")
     return redirect(url_for(".project", label=label), code=303)
@@ -76,7 +82,9 @@ def _form_error(template: str, message: str, code: int, **context):
 @bp.get("/projects/<label>")
 def project(label):
     """Show a project: its subjects and its sessions."""
-    proj = access.get_project(label)
+    proj = access.get_project(label, access.SEE)
+    if not access.can(proj, access.READ):
+        return render_template("archive/project_closed.html", project=proj)
     subjects = db.paginate(
         select(Subject).filter_by(project_id=proj.id).order_by(Subject.label),
         per_page=current_app.config["PAGE_SIZE"])
@@ -176,7 +184,7 @@ def download_scan(label, session, scan_id):
 @bp.get("/projects/<label>/sessions/<session>/delete")
 def confirm_delete_session(label, session):
     """Ask for confirmation before deleting an archived session."""
-    proj = access.get_project(label, access.EDIT)
+    proj = access.get_project(label, access.OWN)
     sess = access.get_session(proj, session)
     files = sum(s.instance_count for s in sess.scans)
     return render_template(
@@ -189,9 +197,11 @@ def confirm_delete_session(label, session):
 @bp.post("/projects/<label>/sessions/<session>/delete")
 def delete_session(label, session):
     """Delete an archived session: rows and files together."""
-    proj = access.get_project(label, access.EDIT)
+    proj = access.get_project(label, access.OWN)
     sess = access.get_session(proj, session)
     subject = sess.subject.label
+    audit.record("delete", project=proj.label, target=f"{subject}/{sess.label}",
+                 what="archived session")
     delete_archived_session(sess.id)
     flash(f"Session {session} deleted.", "info")
     return redirect(url_for(".subject", label=proj.label, subject=subject), code=303)
@@ -203,7 +213,7 @@ def search():
     q = (request.args.get("q") or "").strip()
     results = None
     if q:
-        visible = [p.id for p in access.visible_projects()]
+        visible = [p.id for p in access.visible_projects(access.READ)]
         like = f"%{q}%"
         conditions = [ImagingSession.label.ilike(like), Subject.label.ilike(like),
                       ImagingSession.study_uid == q, ImagingSession.accession == q]

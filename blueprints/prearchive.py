@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from blueprints import access
+from blueprints import access, audit
 from imaging.labels import LabelError, check_label
 from models import TRANSIENT_STATUSES, PrearchiveSession, Upload, db
 from workers import prearchive
@@ -17,7 +17,8 @@ bp = Blueprint("prearchive", __name__, url_prefix="/prearchive")
 @bp.get("/")
 def index():
     """List prearchive sessions, one table per project, unassigned last."""
-    rows = db.session.scalars(select(PrearchiveSession).order_by(
+    rows = db.session.scalars(select(PrearchiveSession).where(access.prearchive_filter())
+                              .order_by(
         PrearchiveSession.project_key, PrearchiveSession.received.desc()))
     groups: dict[str, list] = {}
     for ps in rows:
@@ -36,7 +37,8 @@ def detail(prearchive_id):
     record = prearchive.load_record(ps)
     upload = db.session.get(Upload, ps.upload_id) if ps.upload_id else None
     return render_template(
-        "prearchive/detail.html", ps=ps, record=record, projects=access.visible_projects(),
+        "prearchive/detail.html", ps=ps, record=record,
+        projects=access.visible_projects(access.EDIT),
         report=upload_report(upload) if upload else None,
         busy=ps.status in TRANSIENT_STATUSES)
 
@@ -49,12 +51,17 @@ def edit_labels(prearchive_id):
         project = (request.form.get("project") or "").strip() or None
         if project:
             project = access.get_project(project, access.EDIT).label
+        elif not access.is_admin():
+            raise LabelError("Only site administrators may leave a session unassigned.")
         subject = _label(request.form.get("subject"), "Subject label")
         session = _label(request.form.get("session"), "Session label")
         prearchive.check_idle(ps, "edited")
+        old = (ps.project, ps.subject, ps.session)
         prearchive.update_labels(ps, project=project, subject=subject, session=session)
     except (LabelError, prearchive.Busy, FileExistsError) as exc:
         return _refuse(ps, str(exc), 409 if not isinstance(exc, LabelError) else 400)
+    audit.record("move" if old[0] != project else "label_edit", project=project or old[0],
+                 target=ps.relpath, old=list(old), new=[project, subject, session])
     db.session.commit()
     flash("Labels saved.", "info")
     return redirect(url_for(".detail", prearchive_id=ps.id), code=303)
@@ -70,7 +77,8 @@ def _refuse(ps, message: str, code: int):
     flash(message, "error")
     record = prearchive.load_record(ps)
     return render_template("prearchive/detail.html", ps=ps, record=record,
-                           projects=access.visible_projects(), report=None, busy=False), code
+                           projects=access.visible_projects(access.EDIT), report=None,
+                           busy=False), code
 
 
 @bp.post("/<int:prearchive_id>/archive")
@@ -81,6 +89,9 @@ def archive(prearchive_id):
         prearchive.request_archive(ps)
     except (ArchiveRefused, prearchive.Busy) as exc:
         return _refuse(ps, str(exc), 409)
+    audit.record("archive", project=ps.project, target=ps.relpath,
+                 subject=ps.subject, session=ps.session)
+    db.session.commit()
     flash("Archiving started.", "info")
     return redirect(url_for(".detail", prearchive_id=ps.id), code=303)
 
@@ -103,5 +114,7 @@ def delete(prearchive_id):
         prearchive.request_delete(ps)
     except prearchive.Busy as exc:
         return _refuse(ps, str(exc), 409)
+    audit.record("delete", project=ps.project, target=ps.relpath, what="prearchive session")
+    db.session.commit()
     flash(f"Deleting {ps.relpath}.", "info")
     return redirect(url_for(".index"), code=303)

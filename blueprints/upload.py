@@ -6,7 +6,7 @@ import datetime as dt
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from blueprints import access, streaming, wants_json
+from blueprints import access, audit, streaming, wants_json
 from imaging.labels import LabelError, check_label
 from models import Subject, Upload, db
 from workers.ingest import start_upload, upload_report
@@ -48,7 +48,7 @@ def parse_upload_form(form) -> dict:
 @bp.get("/upload")
 def form():
     """Show the upload form."""
-    projects = access.visible_projects()
+    projects = access.visible_projects(access.EDIT)
     subjects = {p.label: list(db.session.scalars(
         select(Subject.label).filter_by(project_id=p.id).order_by(Subject.label)))
         for p in projects}
@@ -70,7 +70,10 @@ def create():
     except FormError as exc:
         return _form_error(str(exc))
     streaming.claim_upload()
-    upload = start_upload(path, file.filename, params)
+    upload = start_upload(path, file.filename, params, user_id=access.user().id)
+    audit.record("upload", project=params["project"], target=upload.id,
+                 file=file.filename, size=upload.size)
+    db.session.commit()
     if wants_json():
         return jsonify(id=upload.id, url=url_for(".status", upload_id=upload.id),
                        api=url_for("api.upload_status", upload_id=upload.id)), 202
@@ -81,7 +84,7 @@ def _form_error(message: str):
     if wants_json():
         return jsonify(error=message), 400
     flash(message, "error")
-    projects = access.visible_projects()
+    projects = access.visible_projects(access.EDIT)
     return render_template("upload/form.html", projects=projects, subjects={},
                            selected=request.form.get("project"), values=request.form), 400
 
@@ -96,5 +99,6 @@ def status(upload_id):
 @bp.get("/uploads")
 def index():
     """List recent uploads, newest first."""
-    uploads = db.paginate(select(Upload).order_by(Upload.created.desc()), per_page=50)
+    uploads = db.paginate(select(Upload).where(access.upload_filter())
+                          .order_by(Upload.created.desc()), per_page=50)
     return render_template("upload/index.html", uploads=uploads)

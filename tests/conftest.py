@@ -8,6 +8,7 @@ With CI=true a configured service that cannot be reached fails the run.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -75,9 +76,10 @@ def _backends():
     return backends
 
 
-@pytest.fixture(params=_backends())
-def app(request, tmp_path, redis_url, postgres_url):
-    if request.param == "sqlite":
+@contextlib.contextmanager
+def make_app(backend, tmp_path, redis_url, postgres_url):
+    """Yield an app on a fresh database and data folder; clean up after."""
+    if backend == "sqlite":
         database_url = f"sqlite:///{tmp_path / 'scanyard.db'}"
     else:
         database_url = postgres_url
@@ -92,7 +94,7 @@ def app(request, tmp_path, redis_url, postgres_url):
         "BATCH_SIZE": 20,
     })
     with app.app_context():
-        if request.param == "postgresql":
+        if backend == "postgresql":
             db.drop_all()
         db.create_all()
     yield app
@@ -102,14 +104,61 @@ def app(request, tmp_path, redis_url, postgres_url):
         queue = get_queue()
         queue.empty()
         db.session.remove()
-        if request.param == "postgresql":
+        if backend == "postgresql":
             db.drop_all()
         db.engine.dispose()
 
 
+@pytest.fixture(params=_backends())
+def app(request, tmp_path, redis_url, postgres_url):
+    with make_app(request.param, tmp_path, redis_url, postgres_url) as app:
+        yield app
+
+
+PASSWORD = "correct horse battery"
+
+
 @pytest.fixture
-def client(app):
+def make_user(app):
+    return user_maker(app)
+
+
+def user_maker(app):
+    """Return a function that creates a user (optionally with a role in a
+    project) and returns its name."""
+    from blueprints.auth import set_password
+    from models import Membership, Project, User
+
+    def make(username, *, admin=False, project=None, role=None):
+        with app.app_context():
+            user = User(username=username, is_admin=admin)
+            set_password(user, PASSWORD)
+            db.session.add(user)
+            db.session.flush()
+            if project:
+                pid = db.session.query(Project.id).filter_by(label=project).scalar()
+                db.session.add(Membership(project_id=pid, user_id=user.id, role=role))
+            db.session.commit()
+        return username
+    return make
+
+
+def login(client, username, password=PASSWORD):
+    return client.post("/login", data={"username": username, "password": password})
+
+
+@pytest.fixture
+def anon_client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def client(app, make_user):
+    """A browser logged in as a site administrator."""
+    client = app.test_client()
+    make_user("admin", admin=True)
+    assert login(client, "admin").status_code == 303
+    return client
 
 
 @pytest.fixture
@@ -117,9 +166,9 @@ def runner(app):
     return app.test_cli_runner()
 
 
-@pytest.fixture
-def run_jobs(app):
-    """Run a real RQ worker (in this process) until the queue is empty."""
+def jobs_runner(app):
+    """Return a function that runs a real RQ worker (in this process) until the
+    queue is empty."""
     from rq import SimpleWorker
 
     def run():
@@ -132,7 +181,16 @@ def run_jobs(app):
 
 
 @pytest.fixture
+def run_jobs(app):
+    return jobs_runner(app)
+
+
+@pytest.fixture
 def make_project(app):
+    return project_maker(app)
+
+
+def project_maker(app):
     from models import Project
 
     def make(label="study1", **fields):
