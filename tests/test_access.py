@@ -12,8 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from models import ApiToken, ImagingSession, PrearchiveSession, Upload, User, db
-from tests.conftest import (_backends, jobs_runner, login, make_app, project_maker,
-                            user_maker)
+from tests.conftest import _backends, jobs_runner, login, make_app, project_maker, user_maker
 from tests.dicomgen import make_study, zip_bytes
 
 ROLES = ("anon", "other", "collab", "member", "owner", "admin")
@@ -139,7 +138,7 @@ def world(shared_app):
     with app.app_context():
         rows = list(db.session.scalars(select(PrearchiveSession).order_by(
             PrearchiveSession.study_uid)))
-    for (role, kind), ps in zip(targets, rows):
+    for (role, kind), ps in zip(targets, rows, strict=True):
         session = f"{kind}_{role}" if kind in ARCHIVE_TARGETS else f"E_{kind}_{role}"
         client.post(f"/prearchive/{ps.id}/labels",
                     data={"project": "p1", "subject": "S1", "session": session})
