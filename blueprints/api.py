@@ -5,8 +5,8 @@ from flask import Blueprint, jsonify
 from sqlalchemy import select
 
 from blueprints import access
+from blueprints.upload import report_with_links
 from models import Subject, db
-from workers.ingest import upload_report
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -14,7 +14,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 @bp.get("/uploads/<upload_id>")
 def upload_status(upload_id):
     """Return an upload's status, progress, counts, messages and sessions."""
-    return jsonify(upload_report(access.get_upload(upload_id)))
+    return jsonify(report_with_links(access.get_upload(upload_id)))
 
 
 @bp.get("/projects/<label>/subjects")

@@ -7,8 +7,9 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from sqlalchemy import select
 
 from blueprints import access, audit, streaming, wants_json
+from imaging import storage
 from imaging.labels import LabelError, check_label
-from models import Subject, Upload, db
+from models import ImagingSession, PrearchiveSession, Project, Subject, Upload, db
 from workers.ingest import start_upload, upload_report
 
 bp = Blueprint("upload", __name__)
@@ -93,7 +94,32 @@ def _form_error(message: str):
 def status(upload_id):
     """Show an upload's progress and, when done, its report."""
     upload = access.get_upload(upload_id)
-    return render_template("upload/status.html", upload=upload, report=upload_report(upload))
+    return render_template("upload/status.html", upload=upload,
+                           report=report_with_links(upload))
+
+
+def report_with_links(upload: Upload) -> dict:
+    """Return the upload's report with a link to where each of its sessions is now."""
+    report = upload_report(upload)
+    for entry in report["sessions"]:
+        entry["url"] = session_url(entry)
+    return report
+
+
+def session_url(entry: dict) -> str | None:
+    """Return the page of a session an upload made: in the prearchive, or archived."""
+    ps = db.session.scalar(select(PrearchiveSession).filter_by(
+        project_key=storage.project_key(entry["project"]), timestamp=entry["timestamp"],
+        folder=entry["folder"]))
+    if ps is not None:
+        return url_for("prearchive.detail", prearchive_id=ps.id)
+    if entry.get("study_uid"):
+        archived = db.session.execute(
+            select(Project.label, ImagingSession.label).join(Project)
+            .where(ImagingSession.study_uid == entry["study_uid"])).first()
+        if archived:
+            return url_for("archive.session", label=archived[0], session=archived[1])
+    return None
 
 
 @bp.get("/uploads")

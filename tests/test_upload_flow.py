@@ -45,6 +45,7 @@ def test_zip_with_two_studies_makes_two_sessions_that_archive_and_download(
     assert report["files_total"] == 10
     assert report["stored"] == 10 and report["duplicates"] == 0 and report["quarantined"] == 0
     assert len(report["sessions"]) == 2
+    assert all(s["url"].startswith("/prearchive/") for s in report["sessions"])
 
     with app.app_context():
         rows = db.session.scalars(select(PrearchiveSession)).all()
@@ -158,3 +159,63 @@ def test_upload_counts_and_progress_are_in_the_upload_row(app, client, run_jobs,
     report = client.get(res.get_json()["api"]).get_json()
     assert report["files_read"] == report["files_total"] == 30
     assert report["stored"] == 30
+
+
+def test_an_archive_interrupted_after_the_move_is_finished_by_the_reconciler(
+        app, client, run_jobs, make_project):
+    import datetime as dt
+
+    from imaging import storage
+    from workers import prearchive
+    from workers.reconcile import reconcile
+
+    make_project("study1")
+    _, files = make_study(series=2, per_series=2, patient_id="CRASH")
+    upload(client, zip_bytes({f"{n}.dcm": d for n, d in enumerate(files)}))
+    run_jobs()
+    with app.app_context():
+        ps = db.session.scalar(select(PrearchiveSession))
+        ps_id = ps.id
+        # What the archive job had done when its worker died: the record says
+        # where the session goes, the folder moved, no archive rows yet.
+        record = prearchive.load_record(ps)
+        record["archiving_to"] = {"project": "study1", "subject": ps.subject,
+                                  "session": ps.session}
+        prearchive.save_record(record)
+        storage.move_into(prearchive.session_dir(ps), storage.archive_session_dir(
+            app.config["DATA_DIR"], "study1", ps.subject, ps.session))
+        ps.status = "ARCHIVING"
+        ps.job_id = "lost-job"
+        db.session.commit()
+        requeued = reconcile(now=dt.datetime.now() + dt.timedelta(minutes=5))
+        assert len(requeued) == 1
+    run_jobs()
+    with app.app_context():
+        assert db.session.get(PrearchiveSession, ps_id) is None
+        session = db.session.scalar(select(ImagingSession).filter_by(label="CRASH"))
+        assert len(session.scans) == 2
+        assert db.session.query(File).count() == 4
+    data = Path(app.config["DATA_DIR"])
+    assert len(list((data / "archive/study1").rglob("*.dcm"))) == 4
+    assert not list((data / "prearchive").rglob("*.json"))
+
+
+def test_an_archive_interrupted_before_the_move_is_done_again(app, client, run_jobs,
+                                                              make_project):
+    import datetime as dt
+
+    from workers.reconcile import reconcile
+
+    make_project("study1")
+    _, files = make_study(series=1, per_series=3, patient_id="EARLY")
+    upload(client, zip_bytes({f"{n}.dcm": d for n, d in enumerate(files)}))
+    run_jobs()
+    with app.app_context():
+        ps = db.session.scalar(select(PrearchiveSession))
+        ps.status = "QUEUED_ARCHIVING"  # its job vanished with Redis
+        db.session.commit()
+        assert reconcile(now=dt.datetime.now() + dt.timedelta(minutes=5))
+    run_jobs()
+    with app.app_context():
+        assert db.session.scalar(select(ImagingSession).filter_by(label="EARLY"))
+        assert db.session.query(PrearchiveSession).count() == 0

@@ -213,7 +213,8 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
                      "quarantined_files": report.quarantined[:MAX_LISTED_QUARANTINE]}
     upload.sessions = [{"project": r["project"], "timestamp": r["timestamp"],
                         "folder": r["folder"], "subject": r["subject"],
-                        "session": r["session"]} for r, _ in sessions]
+                        "session": r["session"], "study_uid": r["study_uid"]}
+                       for r, _ in sessions]
     upload.status = UPLOAD_DONE if sessions else UPLOAD_FAILED
     if not sessions:
         upload.error = "No DICOM file could be read from the upload."
