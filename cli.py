@@ -8,7 +8,7 @@ from flask_migrate import upgrade
 
 
 def register(app: Flask) -> None:
-    for command in (init_db, create_user, worker, serve, reconcile_command):
+    for command in (init_db, create_user, worker, serve, reconcile_command, verify):
         app.cli.add_command(command)
 
 
@@ -90,3 +90,19 @@ def serve(host, port, worker_count, web_workers, no_scp):
 
     Supervisor(current_app._get_current_object(), host=host, port=port,
                worker_count=worker_count, web_workers=web_workers, scp=not no_scp).run()
+
+
+@click.command("verify")
+@with_appcontext
+@click.option("--no-hashes", is_flag=True, help="Compare sizes only, not sha256.")
+def verify(no_hashes):
+    """Compare the database with the disk (read-only); exit 1 when they differ."""
+    from workers.verify import verify as differences
+
+    count = 0
+    for line in differences(check_hashes=not no_hashes):
+        click.echo(line)
+        count += 1
+    if count:
+        raise click.ClickException(f"{count} difference(s) between the database and the disk.")
+    click.echo("The database and the disk agree.")

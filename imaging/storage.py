@@ -142,3 +142,23 @@ def _data_dir_of(path: Path) -> Path:
         if parent.name in ("archive", "prearchive", "uploads", "quarantine"):
             return parent.parent
     raise ValueError(f"{path} is not under a Scanyard data folder")
+
+
+def resource_dir(data_dir, label: str, project: str, subject: str | None = None,
+                 session: str | None = None, scan: str | None = None,
+                 assessor: str | None = None, reconstruction: str | None = None) -> Path:
+    """Return the folder of a resource, by the labels of its owner (DESIGN.md layout)."""
+    base = Path(data_dir) / "archive" / project
+    if subject is None:
+        return base / "RESOURCES" / label
+    base = base / subject
+    if session is None:
+        return base / "RESOURCES" / label
+    base = base / session
+    if scan is not None:
+        return base / "SCANS" / scan / label
+    if assessor is not None:
+        return base / "ASSESSORS" / assessor / label
+    if reconstruction is not None:
+        return base / "RECONSTRUCTIONS" / reconstruction / label
+    return base / "RESOURCES" / label
