@@ -64,6 +64,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.teardown_request(discard_unclaimed)
     app.session_interface = _SessionInterface()
     csrf.init_app(app)
+    app.before_request(_limit_plain_forms)
     app.before_request(_check_csrf)
     register_blueprints(app)
     if app.config["PROXY_COUNT"]:
@@ -120,6 +121,13 @@ class _SessionInterface(SecureCookieSessionInterface):
 
     def get_cookie_secure(self, app) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
+
+
+def _limit_plain_forms():
+    """Cap url-encoded forms: Werkzeug reads them whole into memory. (File
+    uploads are multipart and stream to disk, so they have no such cap.)"""
+    if request.mimetype == "application/x-www-form-urlencoded":
+        request.max_content_length = current_app.config["MAX_FORM_MEMORY_SIZE"]
 
 
 def _check_csrf():

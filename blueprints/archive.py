@@ -85,6 +85,10 @@ def project(label):
     proj = access.get_project(label, access.SEE)
     if not access.can(proj, access.READ):
         return render_template("archive/project_closed.html", project=proj)
+    return _project_page(proj)
+
+
+def _project_page(proj: Project, code: int = 200):
     subjects = db.paginate(
         select(Subject).filter_by(project_id=proj.id).order_by(Subject.label),
         per_page=current_app.config["PAGE_SIZE"])
@@ -93,7 +97,7 @@ def project(label):
         .group_by(ImagingSession.subject_id)).all())
     return render_template("archive/project.html", project=proj, subjects=subjects,
                            session_counts=session_counts,
-                           counts=project_counts([proj.id])[proj.id])
+                           counts=project_counts([proj.id])[proj.id]), code
 
 
 @bp.post("/projects/<label>/subjects")
@@ -104,10 +108,10 @@ def new_subject(label):
         subject = check_label(request.form.get("label", ""), "Subject label")
     except LabelError as exc:
         flash(str(exc), "error")
-        return redirect(url_for(".project", label=proj.label), code=303), 400
+        return _project_page(proj, 400)
     if db.session.scalar(select(Subject.id).filter_by(project_id=proj.id, label=subject)):
         flash(f"Subject {subject!r} already exists in {proj.label}.", "error")
-        return redirect(url_for(".project", label=proj.label), code=303), 409
+        return _project_page(proj, 409)
     db.session.add(Subject(project_id=proj.id, label=subject))
     db.session.commit()
     flash(f"Subject {subject} created.", "info")
