@@ -4,6 +4,7 @@ import gzip
 import shutil
 from pathlib import Path
 
+import nibabel
 import nrrd
 import numpy as np
 import pydicom
@@ -26,8 +27,9 @@ def copy(name: str, dest: Path) -> Path:
 
 def zeros_img(hdr_name: str, dest: Path, size: int | None = None) -> Path:
     """Write the .img an Analyze/NIfTI header describes (zeros), or `size` bytes."""
-    hdr = formats.headers.Spm2AnalyzeHeader.from_fileobj(open(DATA / hdr_name, "rb"))
-    needed = int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
+    img = nibabel.load(DATA / hdr_name)
+    # Where nibabel itself reads the data from: nifti2.hdr says 544 bytes in.
+    needed = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
     dest.write_bytes(bytes(needed if size is None else size))
     return dest
 
@@ -155,11 +157,16 @@ def test_an_analyze_pair_is_read_with_its_image_file(tmp_path):
     assert summary["orientation"] == "LAS"
 
 
-def test_a_nifti_pair_is_read_with_its_image_file(tmp_path):
-    hdr = copy("nifti1.hdr", tmp_path / "pair.hdr")
-    img = zeros_img("nifti1.hdr", tmp_path / "pair.img")
+@pytest.mark.parametrize(("name", "variant"), [("nifti1.hdr", "NIfTI-1"),
+                                              ("nifti2.hdr", "NIfTI-2")])
+def test_a_nifti_pair_is_read_with_its_image_file(tmp_path, name, variant):
+    hdr = copy(name, tmp_path / "pair.hdr")
+    img = zeros_img(name, tmp_path / "pair.img")
     summary = read_header(hdr, img)
-    assert (summary["format"], summary["dimensions"]) == ("NIFTI", [91, 109, 91])
+    assert (summary["variant"], summary["dimensions"]) == (variant, [91, 109, 91])
+    img.write_bytes(img.read_bytes()[:-1])
+    with pytest.raises(FormatError, match='"pair.img" is truncated'):
+        read_header(hdr, img)
 
 
 def test_an_ecat_summary_gives_geometry_study_and_frames():

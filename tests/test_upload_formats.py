@@ -157,3 +157,24 @@ def test_a_nifti_without_a_session_label_is_quarantined(app, client, run_jobs, m
                                                name="t1.nii"))
     assert report["status"] == "FAILED"
     assert "give the session label" in report["quarantined_files"][0]["reason"]
+
+
+def test_a_nifti_for_a_new_scan_makes_that_scan(app, client, run_jobs, make_project):
+    make_project("study1")
+    report = finished(client, run_jobs, upload(client, (DATA / "anatomical.nii").read_bytes(),
+                                               name="t1.nii", subject="SUB1", session="MR1",
+                                               scan="5"))
+    assert report["status"] == "DONE", report
+    with app.app_context():
+        ps_id = db.session.scalar(select(PrearchiveSession.id))
+    page = client.get(f"/prearchive/{ps_id}").get_data(as_text=True)
+    assert "scan 5" in page and "t1.nii" in page and "33 × 41 × 25" in page
+    archive_all(client, run_jobs, app)
+    with app.app_context():
+        scan = db.session.scalar(select(Scan))
+        assert (scan.scan_id, scan.instance_count) == ("5", 0)
+        [resource] = db.session.scalars(select(Resource)).all()
+        assert (resource.label, resource.scan_id) == ("NIFTI", scan.id)
+    assert client.get("/projects/study1/sessions/MR1/scans/5").status_code == 200
+    details = client.get("/projects/study1/sessions/MR1/scans/5/resources/NIFTI/details/t1.nii")
+    assert b"33 \xc3\x97 41 \xc3\x97 25" in details.data
