@@ -14,6 +14,7 @@ from flask_migrate import Migrate
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -76,6 +77,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     cli.register(app)
 
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(DataError, _bad_value)
     app.jinja_env.filters["filesize"] = filesize
     return app
 
@@ -168,6 +170,15 @@ def _http_error(err: HTTPException):
     if wants_json():
         return {"error": err.description, "status": err.code}, err.code
     return render_template("error.html", error=err), err.code
+
+
+def _bad_value(err: DataError):
+    """A value the database refuses (a NUL byte, an absurd number): the
+    client's mistake, answered as such."""
+    from werkzeug.exceptions import BadRequest
+
+    db.session.rollback()
+    return _http_error(BadRequest("A value in the request is not acceptable."))
 
 
 def filesize(n: int | None) -> str:

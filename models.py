@@ -200,6 +200,8 @@ class File(db.Model):
     format: Mapped[str | None] = mapped_column(String(64))
     content: Mapped[str | None] = mapped_column(String(255))
     tags: Mapped[str | None] = mapped_column(String(255))
+    # The header summary of an imaging file other than DICOM (imaging.formats).
+    header: Mapped[dict | None] = mapped_column(JSON)
 
     resource: Mapped[Resource] = relationship(back_populates="files")
 

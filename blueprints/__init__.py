@@ -5,10 +5,10 @@ from flask import Flask, request
 
 
 def register_blueprints(app: Flask) -> None:
-    from blueprints import admin, api, archive, audit, auth, members, prearchive, upload
+    from blueprints import admin, api, archive, audit, auth, members, prearchive, resources, upload
 
     auth.init_app(app)
-    for module in (auth, archive, members, upload, prearchive, api, admin, audit):
+    for module in (auth, archive, members, upload, prearchive, api, admin, audit, resources):
         app.register_blueprint(module.bp)
 
 

@@ -15,10 +15,13 @@ may see but not use as asked answers 403.
 """
 from __future__ import annotations
 
+import re
+
 from flask import abort
 from flask_login import current_user
 from sqlalchemy import or_, select
 
+from imaging.labels import LABEL_RE, SCAN_ID_RE, shown
 from models import (
     ImagingSession,
     Membership,
@@ -32,6 +35,7 @@ from models import (
 )
 
 SEE, READ, EDIT, OWN = "see", "read", "edit", "own"
+UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 ROLES = ("owner", "member", "collaborator")
 _ROLE_CAN = {
     "owner": {SEE, READ, EDIT, OWN},
@@ -105,32 +109,43 @@ def visible_project_labels(need: str = SEE) -> list[str]:
 
 def get_project(label: str, need: str = READ) -> Project:
     """Return the project or abort with 404 (unknown or not visible) / 403."""
-    project = db.session.scalar(select(Project).filter_by(label=label))
+    project = _by_label(select(Project), label, LABEL_RE)
     if project is None:
-        abort(404, f"No project {label!r}.")
+        abort(404, f"No project {shown(label)}.")
     _check(project, need)
     return project
 
 
+def _by_label(query, label: str, pattern):
+    """Return the row of that label; a label that could not exist finds nothing
+    (and never reaches the database, which may refuse its characters)."""
+    if not pattern.fullmatch(label or ""):
+        return None
+    return db.session.scalar(query.filter_by(label=label))
+
+
 def get_subject(project: Project, label: str) -> Subject:
-    subject = db.session.scalar(select(Subject).filter_by(project_id=project.id, label=label))
+    subject = _by_label(select(Subject).filter_by(project_id=project.id), label, LABEL_RE)
     if subject is None:
-        abort(404, f"No subject {label!r} in project {project.label!r}.")
+        abort(404, f"No subject {shown(label)} in project {project.label!r}.")
     return subject
 
 
 def get_session(project: Project, label: str) -> ImagingSession:
-    session = db.session.scalar(select(ImagingSession).filter_by(project_id=project.id,
-                                                                 label=label))
+    session = _by_label(select(ImagingSession).filter_by(project_id=project.id), label,
+                        LABEL_RE)
     if session is None:
-        abort(404, f"No session {label!r} in project {project.label!r}.")
+        abort(404, f"No session {shown(label)} in project {project.label!r}.")
     return session
 
 
 def get_scan(session: ImagingSession, scan_id: str) -> Scan:
-    scan = db.session.scalar(select(Scan).filter_by(session_id=session.id, scan_id=scan_id))
+    scan = None
+    if SCAN_ID_RE.fullmatch(scan_id):
+        scan = db.session.scalar(select(Scan).filter_by(session_id=session.id,
+                                                        scan_id=scan_id))
     if scan is None:
-        abort(404, f"No scan {scan_id!r} in session {session.label!r}.")
+        abort(404, f"No scan {shown(scan_id)} in session {session.label!r}.")
     return scan
 
 
@@ -160,7 +175,7 @@ def prearchive_filter():
 
 def get_upload(upload_id: str) -> Upload:
     """Return an upload its owner, an admin, or a member of its project may see."""
-    upload = db.session.get(Upload, upload_id)
+    upload = db.session.get(Upload, upload_id) if UPLOAD_ID_RE.fullmatch(upload_id) else None
     u = user()
     allowed = upload is not None and u is not None and (
         u.is_admin or upload.user_id == u.id or can_use_prearchive(upload.project)

@@ -1,4 +1,8 @@
-"""Upload → Images: a zip or tar of DICOM files, sent from a browser form."""
+"""Upload → Images: a zip or tar of DICOM files, sent from a browser form.
+
+The form may also name a scan and a resource label: the upload's NIfTI,
+Analyze, NRRD (and other volume) files go into that resource of that scan.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,7 +12,7 @@ from sqlalchemy import select
 
 from blueprints import access, audit, streaming, wants_json
 from imaging import storage
-from imaging.labels import LabelError, check_label
+from imaging.labels import LabelError, check_label, check_scan_id
 from models import ImagingSession, PrearchiveSession, Project, Subject, Upload, db
 from workers.ingest import start_upload, upload_report
 
@@ -27,9 +31,12 @@ def parse_upload_form(form) -> dict:
     project = access.get_project(project_label, access.EDIT)
     params = {"project": project.label}
     try:
-        for field, what in (("subject", "Subject label"), ("session", "Session label")):
+        for field, what, check in (("subject", "Subject label", check_label),
+                                   ("session", "Session label", check_label),
+                                   ("scan", "Scan id", check_scan_id),
+                                   ("resource", "Resource label", check_label)):
             value = (form.get(field) or "").strip()
-            params[field] = check_label(value, what) if value else None
+            params[field] = check(value, what) if value else None
     except LabelError as exc:
         raise FormError(str(exc)) from None
     date_text = (form.get("session_date") or "").strip()

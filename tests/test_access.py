@@ -81,6 +81,16 @@ ROUTES = {
     "admin.set_enabled": ("POST", "/admin/users/{victim_role}/enabled", ADMINS, 403,
                           {"enabled": "1"}),
     "audit.index": ("GET", "/audit", ("other", "owner", "admin"), 403, None),
+    "resources.index": ("GET", "/projects/p1/resources", READERS, None, None),
+    "resources.upload": ("POST", "/projects/p1/resources", EDITORS, 403, "resource"),
+    "resources.download": ("GET", "/projects/p1/resources/NOTES/files/a.txt", READERS, None,
+                           None),
+    "resources.details": ("GET", "/projects/p1/resources/NOTES/details/a.txt", READERS, None,
+                          None),
+    "resources.delete_file": ("POST", "/projects/p1/resources/DF_{role}/files/a.txt/delete",
+                              EDITORS, 403, {}),
+    "resources.delete_resource": ("POST", "/projects/p1/resources/DR_{role}/delete", EDITORS,
+                                  403, {}),
 }
 
 
@@ -147,10 +157,14 @@ def world(shared_app):
         else:
             ids[f"{kind}_{role}"] = ps.id
     run_jobs()
+    for resource in ["NOTES"] + [f"{kind}_{role}" for kind in ("DF", "DR") for role in ROLES]:
+        res = client.post("/projects/p1/resources", content_type="multipart/form-data",
+                          data={"resource": resource, "files": (io.BytesIO(b"notes"), "a.txt")})
+        assert res.status_code < 400, res.data
     with app.app_context():
         assert db.session.scalar(select(ImagingSession).filter_by(label="A_member"))
         member = db.session.scalar(select(User).filter_by(username="member"))
-        upload = Upload(id="u" * 32, user_id=member.id, project="p1", original_name="x.zip",
+        upload = Upload(id="ab" * 16, user_id=member.id, project="p1", original_name="x.zip",
                         status="DONE", params={})
         db.session.add(upload)
         for role in ROLES[1:]:
@@ -181,6 +195,9 @@ def _request(client, method, url, data, role):
         _, files = make_study(series=1, per_series=1)
         data = {"project": "p1", "date_unknown": "1",
                 "file": (io.BytesIO(zip_bytes({"1.dcm": files[0]})), "x.zip")}
+        return client.post(url, data=data, content_type="multipart/form-data")
+    if data == "resource":
+        data = {"resource": f"UP_{role}", "files": (io.BytesIO(b"x"), "x.txt")}
         return client.post(url, data=data, content_type="multipart/form-data")
     headers = {}
     if url.startswith(("/api/", "/data/")) and role != "anon":

@@ -35,7 +35,7 @@ from models import (
     Subject,
     db,
 )
-from workers import prearchive
+from workers import prearchive, resources
 from workers.context import app_job
 
 
@@ -163,9 +163,14 @@ def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path
                                                   "echo_time", "flip_angle") if s.get(k)})
         db.session.add(scan)
         db.session.flush()
+        owner = resources.Owner(project, subject, session, scan)
+        _index_resources(owner, s.get("resources"))
+        if not s["files"]:
+            continue  # a scan that only holds resources (a NIfTI without its DICOM)
+        label = s.get("resource") or "DICOM"  # ECAT scans keep their files in "ECAT"
         resource = Resource(project_id=project.id, subject_id=subject.id,
-                            session_id=session.id, scan_id=scan.id, label="DICOM",
-                            format="DICOM", content="RAW")
+                            session_id=session.id, scan_id=scan.id, label=label,
+                            format=label, content="RAW")
         db.session.add(resource)
         db.session.flush()
         file_rows.extend(
@@ -174,12 +179,21 @@ def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path
              "sop_class_uid": f.get("sop_class_uid"),
              "transfer_syntax": f.get("transfer_syntax"),
              "instance_number": f.get("instance_number"),
-             "dataset_sha256": f.get("dataset_sha256"), "format": "DICOM"}
+             "dataset_sha256": f.get("dataset_sha256"), "format": f.get("format") or label,
+             "header": f.get("header")}
             for f in s["files"])
+    _index_resources(resources.Owner(project, subject, session), record.get("resources"))
     if file_rows:
         db.session.execute(insert(File), file_rows)
     db.session.execute(delete(PrearchiveSession).where(PrearchiveSession.id == ps.id))
     db.session.commit()
+
+
+def _index_resources(owner, found: dict | None) -> None:
+    """Create the rows of the resources a prearchive record lists for `owner`."""
+    for label, resource in (found or {}).items():
+        row = resources.get_or_create(owner, label, format=resource.get("format"))
+        resources.insert_files(row.id, resource.get("files", []))
 
 
 def delete_archived_session(session_id: int) -> None:

@@ -18,7 +18,7 @@ from flask import current_app
 from rq import get_current_job
 from sqlalchemy import select, update
 
-from imaging import dicomio, labels, routing, storage
+from imaging import formats, labels, routing, storage
 from imaging.extract import ExtractError, Member, archive_kind, extract_members, list_members
 from models import (
     READY,
@@ -32,7 +32,7 @@ from models import (
     db,
     utcnow,
 )
-from workers import prearchive, queue
+from workers import ingest_formats, prearchive, queue
 from workers.context import app_job
 
 MAX_LISTED_QUARANTINE = 1000
@@ -116,11 +116,9 @@ def _members(upload: Upload) -> tuple[str, list[Member]]:
     try:
         kind = archive_kind(src)
     except ExtractError:
-        try:
-            dicomio.read_dicom(src)
-        except dicomio.NotDicom:
-            raise ExtractError(
-                "The file is neither a zip or tar archive nor a DICOM file.") from None
+        if formats.detect(src) is None:
+            raise ExtractError("The file is neither a zip or tar archive nor a DICOM or "
+                               "other image file.") from None
         return "file", [Member(name=upload.params["file"], index=0, size=src.stat().st_size)]
     return kind, list_members(src)
 
@@ -140,11 +138,7 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
     members = [Member(*saved["members"][i]) for i in indexes]
     results = []
     for member, path in _unpacked(upload, saved["kind"], members, files):
-        try:
-            info = dicomio.read_dicom(path)
-            results.append({"name": member.name, "info": info.to_json()})
-        except dicomio.NotDicom as exc:
-            results.append({"name": member.name, "error": str(exc)})
+        results.append(ingest_formats.read_member(member.name, path))
     storage.write_json_atomic(out, results)
     db.session.execute(update(Upload).where(Upload.id == upload_id)
                        .values(files_read=Upload.files_read + len(results)))
@@ -186,17 +180,17 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
             f"{len(failed_batches)} batch(es) could not be read; their files are in quarantine.")
     for name in missing:
         report.quarantine(name, "the file could not be read (its batch failed)")
-    good = []
-    for r in read:
-        if "error" in r:
-            report.quarantine(r["name"], r["error"])
-        else:
-            good.append((r["name"], dicomio.DicomInfo.from_json(r["info"])))
+    good, ecat_items, loose = ingest_formats.split_results(read, report)
     timestamp = upload.params.get("timestamp") or _claim_timestamp(upload)
     sessions = plan_sessions(upload, good, timestamp, report)
+    taken = {record["folder"] for record, _ in sessions}
+    sessions += ingest_formats.plan_ecat_sessions(upload, ecat_items, timestamp, report, taken)
 
     def source_of(name):
         return _source(upload) if kind == "file" else files / name
+
+    sessions += ingest_formats.place_resources(upload, loose, sessions, source_of, timestamp,
+                                               report)
 
     for _record, moves in sessions:
         _move_files(moves, source_of, report)
@@ -217,7 +211,7 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
                        for r, _ in sessions]
     upload.status = UPLOAD_DONE if sessions else UPLOAD_FAILED
     if not sessions:
-        upload.error = "No DICOM file could be read from the upload."
+        upload.error = "No DICOM or other image file could be read from the upload."
     upload.finished = utcnow()
     db.session.commit()
     storage.remove_tree(root)
