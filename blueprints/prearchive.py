@@ -5,11 +5,19 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from blueprints import access, audit
+from blueprints.upload import report_with_links
 from imaging.labels import LabelError, check_label
-from models import TRANSIENT_STATUSES, PrearchiveSession, Upload, db
+from models import (
+    TRANSIENT_STATUSES,
+    ImagingSession,
+    PrearchiveSession,
+    Project,
+    Subject,
+    Upload,
+    db,
+)
 from workers import prearchive
 from workers.archiving import ArchiveRefused
-from workers.ingest import upload_report
 
 bp = Blueprint("prearchive", __name__, url_prefix="/prearchive")
 
@@ -34,13 +42,28 @@ def index():
 def detail(prearchive_id):
     """Show one prearchive session with its scans and its upload's report."""
     ps = access.get_prearchive_session(prearchive_id)
+    return _detail_page(ps)
+
+
+def _detail_page(ps: PrearchiveSession, code: int = 200):
     record = prearchive.load_record(ps)
     upload = db.session.get(Upload, ps.upload_id) if ps.upload_id else None
     return render_template(
         "prearchive/detail.html", ps=ps, record=record,
         projects=access.visible_projects(access.EDIT),
-        report=upload_report(upload) if upload else None,
-        busy=ps.status in TRANSIENT_STATUSES)
+        report=report_with_links(upload) if upload else None,
+        archived_sessions=_archived_sessions(ps.project),
+        busy=ps.status in TRANSIENT_STATUSES), code
+
+
+def _archived_sessions(project_label: str | None) -> list[tuple[str, str]]:
+    """Return (session, subject) labels of the project's archived sessions, to archive into."""
+    if not project_label:
+        return []
+    return db.session.execute(
+        select(ImagingSession.label, Subject.label).join(Subject)
+        .join(Project, Project.id == ImagingSession.project_id)
+        .where(Project.label == project_label).order_by(ImagingSession.label)).all()
 
 
 @bp.post("/<int:prearchive_id>/labels")
@@ -75,10 +98,7 @@ def _label(value: str | None, what: str) -> str | None:
 def _refuse(ps, message: str, code: int):
     db.session.rollback()
     flash(message, "error")
-    record = prearchive.load_record(ps)
-    return render_template("prearchive/detail.html", ps=ps, record=record,
-                           projects=access.visible_projects(access.EDIT), report=None,
-                           busy=False), code
+    return _detail_page(ps, code)
 
 
 @bp.post("/<int:prearchive_id>/archive")
@@ -86,7 +106,7 @@ def archive(prearchive_id):
     """Queue the archiving of a prearchive session."""
     ps = access.get_prearchive_session(prearchive_id, access.EDIT)
     try:
-        prearchive.request_archive(ps)
+        prearchive.request_archive(ps, archive_options(request.form, ps))
     except (ArchiveRefused, prearchive.Busy) as exc:
         return _refuse(ps, str(exc), 409)
     audit.record("archive", project=ps.project, target=ps.relpath,
@@ -94,6 +114,22 @@ def archive(prearchive_id):
     db.session.commit()
     flash("Archiving started.", "info")
     return redirect(url_for(".detail", prearchive_id=ps.id), code=303)
+
+
+def archive_options(form, ps: PrearchiveSession) -> dict:
+    """Return the archive job's options from the archive form: overwrite, and an
+    archived session to archive into (its subject comes with it)."""
+    options = {"overwrite": form.get("overwrite") or "none"}
+    into = (form.get("into") or "").strip()
+    if into:
+        subject = db.session.scalar(
+            select(Subject.label).join(ImagingSession, ImagingSession.subject_id == Subject.id)
+            .join(Project, Project.id == ImagingSession.project_id)
+            .where(Project.label == ps.project, ImagingSession.label == into))
+        options.update(session=into, subject=subject)
+        if options["overwrite"] == "none":
+            options["overwrite"] = "append"
+    return options
 
 
 @bp.get("/<int:prearchive_id>/delete")

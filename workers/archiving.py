@@ -1,13 +1,14 @@
 """Moving prearchive sessions into the archive, and deleting archived sessions.
 
-Archiving is one folder rename and one database transaction:
+Archiving a new session is one folder rename and one database transaction:
   1. the record notes where the session is going (``archiving_to``);
   2. the session folder is renamed into ``archive/{project}/{subject}/{session}``;
   3. the Subject, ImagingSession, Scan, Resource and File rows are created and
      the prearchive row deleted, in one transaction;
   4. the prearchive record is removed.
 A crash after 1 or 2 is finished by running the job again (the reconciler
-does this); a crash before 2 leaves the session where it was.
+does this); a crash before 2 leaves the session where it was. Archiving into
+a session that exists (overwrite=append or delete) is in workers/merging.py.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sqlalchemy import delete, insert, select
 from imaging import labels, storage
 from models import (
     ARCHIVING,
+    CONFLICT,
     QUEUED_ARCHIVING,
     READY,
     Assessor,
@@ -35,7 +37,7 @@ from models import (
     Subject,
     db,
 )
-from workers import prearchive, resources
+from workers import merging, prearchive, resources
 from workers.context import app_job
 
 
@@ -43,9 +45,14 @@ class ArchiveRefused(Exception):
     """The session cannot be archived as asked; the message says why."""
 
 
+OVERWRITE_MODES = ("none", "append", "delete")
+
+
 def check_archivable(ps: PrearchiveSession, project: str | None, subject: str | None,
-                     session: str | None) -> Project:
-    """Return the target project, or raise ArchiveRefused with the reason."""
+                     session: str | None, overwrite: str = "none"
+                     ) -> tuple[Project, ImagingSession | None]:
+    """Return the target project and the archived session it would go into
+    (None for a new one), or raise ArchiveRefused with the reason."""
     if not project:
         raise ArchiveRefused("Choose a project before archiving.")
     proj = db.session.scalar(select(Project).filter_by(label=project))
@@ -55,23 +62,54 @@ def check_archivable(ps: PrearchiveSession, project: str | None, subject: str | 
         raise ArchiveRefused("Give the session a subject before archiving.")
     if not session:
         raise ArchiveRefused("Give the session a label before archiving.")
+    if overwrite not in OVERWRITE_MODES:
+        raise ArchiveRefused(f"overwrite must be one of {', '.join(OVERWRITE_MODES)}.")
     try:
         labels.check_label(subject, "Subject label")
         labels.check_label(session, "Session label")
     except labels.LabelError as exc:
         raise ArchiveRefused(str(exc)) from None
-    exists = db.session.scalar(select(ImagingSession.id).filter_by(
+    existing = db.session.scalar(select(ImagingSession).filter_by(
         project_id=proj.id, label=session))
-    if exists:
+    if existing is None:
+        return proj, None
+    if overwrite == "none":
         raise ArchiveRefused(
-            f"Session {session!r} already exists in project {project!r}; choose another "
-            "label (merging into an existing session is not available yet).")
-    return proj
+            f"Session {session!r} already exists in project {project!r}. Choose another "
+            "label, or archive with overwrite=append to merge the scans into it, or "
+            "overwrite=delete to replace it.")
+    if existing.subject.label != subject:
+        raise ArchiveRefused(
+            f"Session {session!r} of project {project!r} belongs to subject "
+            f"{existing.subject.label!r}, not {subject!r}.")
+    return proj, existing
+
+
+def _plan(ps: PrearchiveSession, record: dict, options: dict) -> dict:
+    """Decide where the session goes and how; raise ArchiveRefused/ArchiveConflict."""
+    target = {"project": options.get("project") or ps.project,
+              "subject": options.get("subject") or ps.subject,
+              "session": options.get("session") or ps.session}
+    overwrite = options.get("overwrite") or "none"
+    _proj, existing = check_archivable(ps, target["project"], target["subject"],
+                                       target["session"], overwrite)
+    if existing is None:
+        target["mode"] = "new"
+    elif overwrite == "append":
+        target["mode"] = "append"
+        target["plan"] = merging.plan_append(existing, record).to_json()
+    else:
+        target["mode"] = "delete"
+    return target
 
 
 @app_job
 def archive_session(prearchive_id: int, options: dict | None = None) -> str | None:
-    """Job: archive one prearchive session; returns the archived session's path."""
+    """Job: archive one prearchive session; returns the archived session's path.
+
+    options: overwrite (none, append, delete) and the target project, subject
+    and session labels when they differ from the prearchive session's.
+    """
     ps = db.session.get(PrearchiveSession, prearchive_id)
     if ps is None or ps.status not in (QUEUED_ARCHIVING, ARCHIVING):
         return None
@@ -79,13 +117,15 @@ def archive_session(prearchive_id: int, options: dict | None = None) -> str | No
     target = record.get("archiving_to")
     try:
         if target is None:
-            check_archivable(ps, ps.project, ps.subject, ps.session)
-            target = {"project": ps.project, "subject": ps.subject, "session": ps.session}
+            target = _plan(ps, record, options or {})
             record["archiving_to"] = target
             prearchive.save_record(record)
         ps.status = ARCHIVING
         db.session.commit()
         return _move_and_index(ps, record, target)
+    except merging.ArchiveConflict as exc:
+        _conflict(ps, record, exc.reasons)
+        return None
     except ArchiveRefused as exc:
         _back_to_ready(ps, record, str(exc))
         return None
@@ -96,6 +136,18 @@ def archive_session(prearchive_id: int, options: dict | None = None) -> str | No
             _back_to_ready(db.session.get(PrearchiveSession, prearchive_id),
                            prearchive.load_record(ps), f"Archiving failed: {exc}")
         raise
+
+
+def _conflict(ps: PrearchiveSession, record: dict, reasons: list[str]) -> None:
+    """Leave the session in the prearchive as CONFLICT, with its reasons."""
+    record["status"] = CONFLICT
+    record["conflicts"] = reasons
+    record["message"] = "Archiving into the existing session would clash: " + "; ".join(reasons)
+    prearchive.log(record, record["message"])
+    prearchive.save_record(record)
+    ps.status = CONFLICT
+    ps.message = record["message"]
+    db.session.commit()
 
 
 def _back_to_ready(ps, record: dict, message: str) -> None:
@@ -119,18 +171,101 @@ def _move_and_index(ps: PrearchiveSession, record: dict, target: dict) -> str:
     src = prearchive.session_dir(ps)
     dst = storage.archive_session_dir(data_dir, target["project"], target["subject"],
                                       target["session"])
-    if src.exists():
-        if dst.exists():
-            raise ArchiveRefused(f"The archive folder of session {target['session']!r} "
-                                 "already exists on disk.")
-        storage.move_into(src, dst)
-        storage.fsync_dir(dst.parent)
-    elif not dst.exists():
-        raise RuntimeError(f"Neither {src} nor {dst} exists.")
-    _index_archived(ps, record, target, dst)
+    mode = target.get("mode", "new")
+    if mode == "append":
+        merging.move_appended(src, dst, record, target["plan"])
+        _index_appended(ps, record, target)
+        storage.remove_tree(src)
+    else:
+        if mode == "delete" and src.exists():
+            merging.set_aside(dst, ps.id)
+        if src.exists():
+            if dst.exists():
+                raise ArchiveRefused(f"The archive folder of session {target['session']!r} "
+                                     "already exists on disk.")
+            storage.move_into(src, dst)
+            storage.fsync_dir(dst.parent)
+        elif not dst.exists():
+            raise RuntimeError(f"Neither {src} nor {dst} exists.")
+        if db.session.get(PrearchiveSession, ps.id) is not None:
+            if mode == "delete":
+                _delete_session_rows(target)
+            _index_archived(ps, record, target, dst)
+        merging.drop_aside(ps.id)
     prearchive.record_path(ps).unlink(missing_ok=True)
     storage.remove_empty_parents(src.parent, storage.prearchive_root(data_dir))
     return str(dst.relative_to(data_dir))
+
+
+def _delete_session_rows(target: dict) -> None:
+    """Delete the rows of the archived session being replaced (no commit)."""
+    project = db.session.scalar(select(Project).filter_by(label=target["project"]))
+    old = db.session.scalar(select(ImagingSession).filter_by(project_id=project.id,
+                                                             label=target["session"]))
+    if old is not None:
+        _session_rows_deleted(old)
+        db.session.flush()
+
+
+def _session_rows_deleted(session: ImagingSession) -> None:
+    resource_ids = select(Resource.id).where(Resource.session_id == session.id)
+    db.session.execute(delete(File).where(File.resource_id.in_(resource_ids)))
+    db.session.execute(delete(Resource).where(Resource.session_id == session.id))
+    for model in (Scan, Assessor, Reconstruction):
+        db.session.execute(delete(model).where(model.session_id == session.id))
+    db.session.delete(session)
+
+
+def _index_appended(ps: PrearchiveSession, record: dict, target: dict) -> None:
+    """Add the merged scans and files to the archived session, in one transaction."""
+    if db.session.get(PrearchiveSession, ps.id) is None:
+        return  # indexed by an earlier run of the job
+    plan = target["plan"]
+    project = db.session.scalar(select(Project).filter_by(label=target["project"]))
+    session = db.session.scalar(select(ImagingSession).filter_by(project_id=project.id,
+                                                                 label=target["session"]))
+    scans = {s.scan_id: s for s in session.scans}
+    for s in record.get("scans", []):
+        scan_id = plan["scan_ids"].get(s["id"])
+        if scan_id is None:
+            continue
+        skip = set(plan["skip"].get(s["id"], []))
+        files = [f for f in s.get("files", []) if f["name"] not in skip]
+        scan = scans.get(scan_id)
+        if scan is None:
+            scan = Scan(session_id=session.id, scan_id=scan_id, series_uid=s.get("series_uid"),
+                        series_description=s.get("series_description"),
+                        modality=s.get("modality"), type=s.get("series_description"),
+                        instance_count=0, size=0, params=_scan_params(s))
+            db.session.add(scan)
+            db.session.flush()
+        scan.instance_count += len(files)
+        scan.size += sum(f["size"] for f in files)
+        if files:
+            owner = resources.Owner(project, session.subject, session, scan)
+            label = s.get("resource") or "DICOM"
+            row = resources.get_or_create(owner, label, format=label)
+            db.session.execute(insert(File), [_file_row(row.id, f, label) for f in files])
+    note = "; ".join(plan["messages"]) or None
+    prearchive.log(record, f"merged into archived session {target['session']}"
+                           + (f": {note}" if note else ""))
+    db.session.execute(delete(PrearchiveSession).where(PrearchiveSession.id == ps.id))
+    db.session.commit()
+
+
+def _scan_params(s: dict) -> dict:
+    return {k: s.get(k) for k in ("manufacturer", "model", "repetition_time", "echo_time",
+                                  "flip_angle") if s.get(k)}
+
+
+def _file_row(resource_id: int, f: dict, label: str) -> dict:
+    return {"resource_id": resource_id, "path": f["name"], "size": f["size"],
+            "sha256": f["sha256"], "sop_instance_uid": f.get("sop_uid"),
+            "sop_class_uid": f.get("sop_class_uid"),
+            "transfer_syntax": f.get("transfer_syntax"),
+            "instance_number": f.get("instance_number"),
+            "dataset_sha256": f.get("dataset_sha256"), "format": f.get("format") or label,
+            "header": f.get("header")}
 
 
 def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path) -> None:
@@ -159,8 +294,7 @@ def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path
                     series_description=s.get("series_description"),
                     modality=s.get("modality"), type=s.get("series_description"),
                     instance_count=len(s["files"]), size=sum(f["size"] for f in s["files"]),
-                    params={k: s.get(k) for k in ("manufacturer", "model", "repetition_time",
-                                                  "echo_time", "flip_angle") if s.get(k)})
+                    params=_scan_params(s))
         db.session.add(scan)
         db.session.flush()
         owner = resources.Owner(project, subject, session, scan)
@@ -173,15 +307,7 @@ def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path
                             format=label, content="RAW")
         db.session.add(resource)
         db.session.flush()
-        file_rows.extend(
-            {"resource_id": resource.id, "path": f["name"], "size": f["size"],
-             "sha256": f["sha256"], "sop_instance_uid": f.get("sop_uid"),
-             "sop_class_uid": f.get("sop_class_uid"),
-             "transfer_syntax": f.get("transfer_syntax"),
-             "instance_number": f.get("instance_number"),
-             "dataset_sha256": f.get("dataset_sha256"), "format": f.get("format") or label,
-             "header": f.get("header")}
-            for f in s["files"])
+        file_rows.extend(_file_row(resource.id, f, label) for f in s["files"])
     _index_resources(resources.Owner(project, subject, session), record.get("resources"))
     if file_rows:
         db.session.execute(insert(File), file_rows)
@@ -204,12 +330,7 @@ def delete_archived_session(session_id: int) -> None:
     data_dir = current_app.config["DATA_DIR"]
     folder = storage.archive_session_dir(data_dir, session.project.label,
                                          session.subject.label, session.label)
-    resource_ids = select(Resource.id).where(Resource.session_id == session.id)
-    db.session.execute(delete(File).where(File.resource_id.in_(resource_ids)))
-    db.session.execute(delete(Resource).where(Resource.session_id == session.id))
-    for model in (Scan, Assessor, Reconstruction):
-        db.session.execute(delete(model).where(model.session_id == session.id))
-    db.session.delete(session)
+    _session_rows_deleted(session)
     trashed = storage.to_trash(folder)
     try:
         db.session.commit()

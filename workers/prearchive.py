@@ -183,15 +183,19 @@ def check_idle(ps: PrearchiveSession, action: str) -> None:
 def request_archive(ps: PrearchiveSession, options: dict | None = None) -> None:
     """Check that the session can be archived, then queue its archive job.
 
-    Raises Busy, or workers.archiving.ArchiveRefused with the reason.
+    options: overwrite (none, append, delete) and target project, subject and
+    session labels. Raises Busy, or workers.archiving.ArchiveRefused with the reason.
     """
     from workers import queue
     from workers.archiving import check_archivable
 
+    options = {k: v for k, v in (options or {}).items() if v}
     check_idle(ps, "archived")
     if ps.status == "RECEIVING":
         raise Busy("The session is still receiving files; archive it when it is READY.")
-    check_archivable(ps, ps.project, ps.subject, ps.session)
+    check_archivable(ps, options.get("project") or ps.project,
+                     options.get("subject") or ps.subject,
+                     options.get("session") or ps.session, options.get("overwrite", "none"))
     ps.status = QUEUED_ARCHIVING
     ps.message = None
     db.session.commit()
