@@ -36,6 +36,7 @@ DEFAULTS = {
     "BATCH_SIZE": 250,
     "PAGE_SIZE": 50,
     "PROXY_COUNT": 0,
+    "PASSWORD_HASH_METHOD": "scrypt",
     "SESSION_COOKIE_SAMESITE": "Lax",
     "SESSION_COOKIE_HTTPONLY": True,
     # CSRF is checked by _check_csrf, which leaves script endpoints out.

@@ -12,6 +12,7 @@ from blueprints.zipstream import zip_response
 from imaging import storage
 from imaging.labels import LabelError, check_label
 from models import File, ImagingSession, Membership, Project, Resource, Scan, Subject, db
+from workers import archiving
 from workers.archiving import delete_archived_session
 
 bp = Blueprint("archive", __name__)
@@ -183,6 +184,28 @@ def download_scan(label, session, scan_id):
     sess = access.get_session(proj, session)
     sc = access.get_scan(sess, scan_id)
     return zip_response(list(_scan_entries(sess, [sc])), f"{sess.label}_scan{sc.scan_id}.zip")
+
+
+@bp.post("/projects/<label>/sessions/<session>/relabel")
+def relabel_session(label, session):
+    """Give an archived session another label or move it to another subject."""
+    proj = access.get_project(label, access.EDIT)
+    sess = access.get_session(proj, session)
+    old = (sess.subject.label, sess.label)
+    new_label = (request.form.get("label") or sess.label).strip()
+    new_subject = (request.form.get("subject") or sess.subject.label).strip()
+    try:
+        archiving.relabel_session(sess, new_label, new_subject)
+    except archiving.ArchiveRefused as exc:
+        db.session.rollback()
+        flash(str(exc), "error")
+        return render_template("archive/session.html", project=proj, session=sess,
+                               scans=sess.scans), 409 if "exists" in str(exc) else 400
+    audit.record("move" if old[0] != new_subject else "label_edit", project=proj.label,
+                 target=f"{old[0]}/{old[1]}", new=f"{new_subject}/{new_label}")
+    db.session.commit()
+    flash(f"Session is now {new_subject}/{new_label}.", "info")
+    return redirect(url_for(".session", label=proj.label, session=new_label), code=303)
 
 
 @bp.get("/projects/<label>/sessions/<session>/delete")

@@ -41,8 +41,20 @@ PUBLIC_ENDPOINTS = {"auth.login", "static"}
 MAX_FAILED_LOGINS = 5
 LOCK_MINUTES = 10
 JSESSION_MAX_AGE = 12 * 3600
-# Checked against when the user is unknown, so that both cases take as long.
-_DUMMY_HASH = generate_password_hash("not a password")
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    """A hash to check against when the user is unknown, so that both cases
+    take as long."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = generate_password_hash("not a password", _hash_method())
+    return _dummy_hash
+
+
+def _hash_method() -> str:
+    return current_app.config["PASSWORD_HASH_METHOD"]
 
 
 def is_api_request() -> bool:
@@ -106,12 +118,12 @@ def check_password(username: str, password: str) -> User | None:
     """
     user = db.session.scalar(select(User).where(func.lower(User.username) == username.lower()))
     if user is None:
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(_dummy(), password)
         return None
     now = utcnow()
     if user.locked_until and user.locked_until > now:
         return None
-    if not user.enabled or not check_password_hash(user.password_hash or _DUMMY_HASH, password):
+    if not user.enabled or not check_password_hash(user.password_hash or _dummy(), password):
         user.failed_logins += 1
         if user.failed_logins >= MAX_FAILED_LOGINS:
             user.locked_until = now + dt.timedelta(minutes=LOCK_MINUTES)
@@ -263,4 +275,4 @@ def end_jsession():
 
 
 def set_password(user: User, password: str) -> None:
-    user.password_hash = generate_password_hash(password)
+    user.password_hash = generate_password_hash(password, _hash_method())

@@ -92,6 +92,8 @@ def make_app(backend, tmp_path, redis_url, postgres_url):
         "REDIS_URL": redis_url,
         "QUEUE_NAME": f"scanyard-test-{RUN_ID}-{uuid.uuid4().hex[:6]}",
         "BATCH_SIZE": 20,
+        # Tests log in hundreds of times; scrypt's cost is for real passwords.
+        "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
     })
     with app.app_context():
         if backend == "postgresql":

@@ -47,6 +47,8 @@ ROUTES = {
     "archive.delete_session": ("POST", "/projects/p1/sessions/D_{role}/delete", OWNERS, 403,
                                {}),
     "archive.search": ("GET", "/search?q=A_", EVERYONE, None, None),
+    "archive.relabel_session": ("POST", "/projects/p1/sessions/R_{role}/relabel", EDITORS, 403,
+                                {"label": "R2_{role}", "subject": "S2"}),
     "upload.form": ("GET", "/upload", EVERYONE, None, None),
     "upload.create": ("POST", "/upload", EDITORS, 403, "upload"),
     "upload.status": ("GET", "/uploads/{upload}", EDITORS, 404, None),
@@ -111,7 +113,7 @@ def test_every_route_has_a_rule(shared_app):
 # Each role gets its own target for the routes that change or remove it, so
 # that one role's success does not change what the next role finds.
 PREARCHIVE_TARGETS = ("ps", "label", "archive", "delete")
-ARCHIVE_TARGETS = ("A", "D")
+ARCHIVE_TARGETS = ("A", "D", "R")
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,16 @@ def test_pages_send_anonymous_users_to_the_login_page(anon_client):
     assert res.status_code == 302 and "/login?next=" in res.headers["Location"]
 
 
+def create_app_default_method() -> str:
+    from app import DEFAULTS
+
+    return DEFAULTS["PASSWORD_HASH_METHOD"]
+
+
+def test_passwords_are_hashed_with_scrypt_by_default():
+    assert create_app_default_method() == "scrypt"
+
+
 def test_api_calls_answer_401_never_a_login_page(anon_client):
     res = anon_client.get("/api/uploads/abc")
     assert res.status_code == 401 and res.is_json
@@ -41,7 +51,7 @@ def test_create_user_reads_the_password_from_standard_input(app, runner, anon_cl
     assert result.exit_code == 0, result.output
     with app.app_context():
         user = db.session.scalar(select(User).filter_by(username="alice"))
-        assert user.is_admin and user.password_hash.startswith("scrypt:")
+        assert user.is_admin and user.password_hash.startswith("pbkdf2:sha256:")
     assert login(anon_client, "alice", "s3cret-pass").status_code == 303
     again = runner.invoke(args=["create-user", "alice"], input="s3cret-pass\n")
     assert again.exit_code != 0 and "already exists" in again.output

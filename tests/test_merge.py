@@ -204,3 +204,25 @@ def test_an_append_interrupted_half_way_is_finished_by_the_reconciler(app, clien
     assert len(list((Path(app.config["DATA_DIR"]) / "archive").rglob("*.dcm"))) == 9
     with app.app_context():
         assert db.session.get(PrearchiveSession, ps_id) is None
+
+
+def test_an_archived_session_is_relabelled_and_moved_with_its_files(app, client, run_jobs,
+                                                                    study):
+    _uid, series = study
+    send(client, series[0])
+    run_jobs()
+    archive(client, run_jobs, newest_prearchive(app))
+    res = client.post("/projects/p1/sessions/MR1/relabel",
+                      data={"label": "MR1b", "subject": "OTHER"})
+    assert res.status_code == 303
+    data = Path(app.config["DATA_DIR"]) / "archive/p1"
+    assert len(list((data / "OTHER/MR1b").rglob("*.dcm"))) == 3
+    assert not (data / "SUBJ/MR1").exists()
+    with app.app_context():
+        session = db.session.scalar(select(ImagingSession).filter_by(label="MR1b"))
+        assert session.subject.label == "OTHER"
+    assert client.get("/projects/p1/sessions/MR1b/download").status_code == 200
+    assert client.post("/projects/p1/sessions/MR1b/relabel",
+                       data={"label": "../x"}).status_code == 400
+    result = app.test_cli_runner().invoke(args=["verify"])
+    assert result.exit_code == 0, result.output

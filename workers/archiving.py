@@ -341,3 +341,43 @@ def delete_archived_session(session_id: int) -> None:
         raise
     if trashed is not None:
         shutil.rmtree(trashed, ignore_errors=True)
+
+
+def relabel_session(session: ImagingSession, label: str, subject_label: str) -> None:
+    """Give an archived session a new label and/or subject: the folder is
+    renamed and the rows follow in one transaction (the rename is undone if
+    the transaction fails). Raises ArchiveRefused with the reason."""
+    try:
+        labels.check_label(label, "Session label")
+        labels.check_label(subject_label, "Subject label")
+    except labels.LabelError as exc:
+        raise ArchiveRefused(str(exc)) from None
+    project = session.project
+    if label != session.label and db.session.scalar(select(ImagingSession.id).filter_by(
+            project_id=project.id, label=label)):
+        raise ArchiveRefused(f"Session {label!r} already exists in project {project.label!r}.")
+    data_dir = current_app.config["DATA_DIR"]
+    old = storage.archive_session_dir(data_dir, project.label, session.subject.label,
+                                      session.label)
+    new = storage.archive_session_dir(data_dir, project.label, subject_label, label)
+    if new.exists() and new != old:
+        raise ArchiveRefused(f"The folder of {subject_label}/{label} exists on disk already.")
+    subject = db.session.scalar(select(Subject).filter_by(project_id=project.id,
+                                                          label=subject_label))
+    if subject is None:
+        subject = Subject(project_id=project.id, label=subject_label)
+        db.session.add(subject)
+        db.session.flush()
+    session.label, session.subject_id = label, subject.id
+    db.session.execute(Resource.__table__.update().where(Resource.session_id == session.id)
+                       .values(subject_id=subject.id))
+    if old.exists() and new != old:
+        storage.move_into(old, new)
+    try:
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        if new.exists() and new != old:
+            storage.move_into(new, old)
+        raise
+    storage.remove_empty_parents(old.parent, Path(data_dir) / "archive" / project.label)
