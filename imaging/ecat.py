@@ -16,9 +16,9 @@ import numpy as np
 from nibabel.ecat import EcatImage
 from nibabel.fileholders import FileHolder
 
-from imaging.headers import FormatError, noting, reading, summary
 from imaging.labels import shown
 from imaging.routing import PATIENT_ID, PATIENT_NAME, STUDY_DESCRIPTION
+from imaging.volumes import FormatError, noting, reading, summary
 
 MAGIC = b"MATRIX7"
 _BLOCK = 512

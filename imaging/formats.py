@@ -16,10 +16,10 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imaging import dicomio, ecat, headers
+from imaging import dicomio, ecat, volumes
 from imaging.ecat import ecat_identity_header
-from imaging.headers import FormatError
 from imaging.labels import shown
+from imaging.volumes import FormatError
 
 __all__ = ["FormatError", "FormatInfo", "Group", "detect", "pair_files", "read_header",
            "ecat_identity_header", "RESOURCE_LABELS"]
@@ -117,7 +117,7 @@ def detect(path) -> FormatInfo | None:
     OSError when the file cannot be read.
     """
     head = _head(path)
-    if head.startswith(headers.GZIP_MAGIC):
+    if head.startswith(volumes.GZIP_MAGIC):
         return _detect_compressed(path, _gunzip_head(path))
     if dicomio.has_dicm(head):
         return FormatInfo(DICOM)
@@ -183,8 +183,8 @@ def _other_magic(path, head: bytes) -> FormatInfo | None:
 
 def _detect_nrrd(path) -> FormatInfo:
     try:
-        header, _ = headers.nrrd_header(path)
-        data_file = headers.nrrd_data_file(header)
+        header, _ = volumes.nrrd_header(path)
+        data_file = volumes.nrrd_data_file(header)
     except FormatError as exc:
         return FormatInfo(NRRD, error=str(exc))
     return FormatInfo(NRRD, "detached" if data_file else "attached", partner=data_file)
@@ -245,12 +245,12 @@ def read_header(path, partner=None, info: FormatInfo | None = None) -> dict:
     readers = {
         DICOM: lambda: _read_dicom(path),
         ECAT: lambda: ecat.read_ecat(path),
-        ANALYZE: lambda: headers.read_analyze(path, partner),
-        NIFTI: lambda: headers.read_nifti(path, info.variant, partner),
-        NRRD: lambda: headers.read_nrrd(path, partner),
-        MGH: lambda: headers.read_mgh(path),
-        MINC: lambda: headers.read_minc(path, info.variant),
-        PARREC: lambda: headers.read_parrec(path, partner),
+        ANALYZE: lambda: volumes.read_analyze(path, partner),
+        NIFTI: lambda: volumes.read_nifti(path, info.variant, partner),
+        NRRD: lambda: volumes.read_nrrd(path, partner),
+        MGH: lambda: volumes.read_mgh(path),
+        MINC: lambda: volumes.read_minc(path, info.variant),
+        PARREC: lambda: volumes.read_parrec(path, partner),
     }
     result = readers[info.format]()
     result["compressed"] = info.compressed
