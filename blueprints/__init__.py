@@ -9,6 +9,10 @@ def register_blueprints(app: Flask) -> None:
 
     for module in (archive, upload, prearchive, api):
         app.register_blueprint(module.bp)
+    from blueprints import anonymization, headers
+
+    for module in (anonymization, headers):
+        app.register_blueprint(module.bp)
 
 
 def wants_json() -> bool:

@@ -25,7 +25,7 @@ from imaging.storage import write_atomic
 
 MONTAGE_MIN_IMAGES = 4
 MONTAGE_MAX_TILES = 9
-MIN_TILE = 96
+MIN_TILE = 32
 _HEADER_TAGS = ["InstanceNumber", "NumberOfFrames", "Rows", "SamplesPerPixel"]
 
 

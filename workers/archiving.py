@@ -12,6 +12,7 @@ does this); a crash before 2 leaves the session where it was.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from models import (
     Subject,
     db,
 )
-from workers import prearchive
+from workers import anonymization, prearchive, snapshots
 from workers.context import app_job
 
 
@@ -85,6 +86,8 @@ def archive_session(prearchive_id: int, options: dict | None = None) -> str | No
             prearchive.save_record(record)
         ps.status = ARCHIVING
         db.session.commit()
+        if prearchive.session_dir(ps).exists():
+            _apply_project_script(ps, record, target)
         return _move_and_index(ps, record, target)
     except ArchiveRefused as exc:
         _back_to_ready(ps, record, str(exc))
@@ -96,6 +99,36 @@ def archive_session(prearchive_id: int, options: dict | None = None) -> str | No
             _back_to_ready(db.session.get(PrearchiveSession, prearchive_id),
                            prearchive.load_record(ps), f"Archiving failed: {exc}")
         raise
+
+
+def _apply_project_script(ps: PrearchiveSession, record: dict, target: dict) -> None:
+    """Run the target project's anonymization script on the session's files in place.
+
+    Runs before the folder moves, so no original header reaches the archive;
+    rejected files go to quarantine. Raises ArchiveRefused when no file is left.
+    """
+    project = db.session.scalar(select(Project).filter_by(label=target["project"]))
+    script = anonymization.active_script(anonymization.project_scope(project))
+    if script is None:
+        return
+    src = prearchive.session_dir(ps)
+
+    def path_of(scan, entry):
+        return src / "SCANS" / scan["id"] / "DICOM" / entry["name"]
+
+    changed, rejected = anonymization.anonymize_record(script, record, path_of, labels=target)
+    reason = "rejected by the anonymization script of project {}: {}"
+    anonymization.quarantine(
+        record.get("upload_id") or f"archive-{ps.timestamp}-{ps.folder}",
+        [(path, f"{scan['id']}/{entry['name']}", reason.format(target["project"], why))
+         for scan, entry, path, why in rejected])
+    if changed or rejected:
+        prearchive.log(record, f"project anonymization script: {changed} file(s) changed, "
+                               f"{len(rejected)} rejected")
+    prearchive.save_record(record)
+    if not record["scans"]:
+        raise ArchiveRefused("The project's anonymization script rejected every file; "
+                             "they are in quarantine.")
 
 
 def _back_to_ready(ps, record: dict, message: str) -> None:
@@ -176,10 +209,28 @@ def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path
              "instance_number": f.get("instance_number"),
              "dataset_sha256": f.get("dataset_sha256"), "format": "DICOM"}
             for f in s["files"])
+        file_rows.extend(_snapshot_rows(dst / "SCANS" / s["id"], resource))
     if file_rows:
         db.session.execute(insert(File), file_rows)
     db.session.execute(delete(PrearchiveSession).where(PrearchiveSession.id == ps.id))
     db.session.commit()
+
+
+def _snapshot_rows(scan_dir: Path, dicom: Resource) -> list[dict]:
+    """Add a scan's SNAPSHOTS resource when its folder has snapshots; return its file rows."""
+    folder = scan_dir / snapshots.RESOURCE
+    pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if not pngs:
+        return []
+    resource = Resource(project_id=dicom.project_id, subject_id=dicom.subject_id,
+                        session_id=dicom.session_id, scan_id=dicom.scan_id,
+                        label=snapshots.RESOURCE, format="PNG", content="SNAPSHOT")
+    db.session.add(resource)
+    db.session.flush()
+    return [{"resource_id": resource.id, "path": png.name, "size": png.stat().st_size,
+             "sha256": hashlib.sha256(png.read_bytes()).hexdigest(), "format": "PNG",
+             "content": "THUMBNAIL" if png.name == snapshots.THUMBNAIL else "ORIGINAL"}
+            for png in pngs]
 
 
 def delete_archived_session(session_id: int) -> None:
