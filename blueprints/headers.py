@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from blueprints import access
 from imaging import headers, storage
-from models import File, Resource, db
+from models import File, Resource, Scan, db
 from workers import prearchive, snapshots
 
 bp = Blueprint("headers", __name__)
@@ -114,11 +114,12 @@ def archive_json(label, session, scan_id, name):
     return jsonify(headers.to_dicom_json(_read(path)))
 
 
-@bp.get("/projects/<label>/sessions/<session>/scans/<scan_id>/<any(snapshot, thumbnail):kind>.png")
-@bp.get("/data/projects/<label>/experiments/<session>/scans/<scan_id>"
-        "/<any(snapshot, thumbnail):kind>")
+# Rules are registered bottom up; url_for builds the first that fits: the page's.
 @bp.get("/data/projects/<label>/subjects/<subject>/experiments/<session>/scans/<scan_id>"
         "/<any(snapshot, thumbnail):kind>")
+@bp.get("/data/projects/<label>/experiments/<session>/scans/<scan_id>"
+        "/<any(snapshot, thumbnail):kind>")
+@bp.get("/projects/<label>/sessions/<session>/scans/<scan_id>/<any(snapshot, thumbnail):kind>.png")
 def archive_snapshot(label, session, scan_id, kind, subject=None):
     """Return an archived scan's snapshot or thumbnail."""
     _proj, sess, _sc, folder = _archive_scan(label, session, scan_id)
@@ -140,3 +141,28 @@ def _png(path: Path):
     if not path.is_file():
         abort(404, "This scan has no snapshot yet.")
     return send_file(path, mimetype="image/png", max_age=60)
+
+
+@bp.app_template_global()
+def prearchive_snapshots(ps) -> dict[str, dict]:
+    """Return {scan id: {"thumbnail": url, "snapshot": url}} for a prearchive session's
+    scans that have snapshots (for templates)."""
+    base = prearchive.session_dir(ps) / "SCANS"
+    return {s["id"]: {kind: url_for("headers.prearchive_snapshot", prearchive_id=ps.id,
+                                    scan_id=s["id"], kind=kind)
+                      for kind in ("thumbnail", "snapshot")}
+            for s in ps.scans or []
+            if snapshots.snapshot_path(base / s["id"], snapshots.THUMBNAIL).is_file()}
+
+
+@bp.app_template_global()
+def archive_snapshots(project, session) -> dict[str, dict]:
+    """Return {scan id: {"thumbnail": url, "snapshot": url}} for an archived session's
+    scans that have a SNAPSHOTS resource (for templates)."""
+    scan_ids = db.session.scalars(
+        select(Scan.scan_id).join(Resource, Resource.scan_id == Scan.id)
+        .filter(Scan.session_id == session.id, Resource.label == snapshots.RESOURCE))
+    return {scan_id: {kind: url_for("headers.archive_snapshot", label=project.label,
+                                    session=session.label, scan_id=scan_id, kind=kind)
+                      for kind in ("thumbnail", "snapshot")}
+            for scan_id in scan_ids}
