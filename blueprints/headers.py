@@ -14,8 +14,9 @@ from sqlalchemy import select
 
 from blueprints import access
 from imaging import headers, storage
+from imaging.anonymize import ScriptError
 from models import File, Resource, Scan, db
-from workers import prearchive, snapshots
+from workers import anonymization, prearchive, snapshots
 
 bp = Blueprint("headers", __name__)
 
@@ -55,6 +56,33 @@ def prearchive_header(prearchive_id, scan_id, name=None):
         back=url_for("prearchive.detail", prearchive_id=ps.id), where=ps.relpath,
         scan_id=scan_id, json_url=url_for(".prearchive_json", prearchive_id=ps.id,
                                           scan_id=scan_id, name=name))
+
+
+@bp.get("/prearchive/<int:prearchive_id>/scans/<scan_id>/preview")
+@bp.get("/prearchive/<int:prearchive_id>/scans/<scan_id>/files/<name>/preview")
+def prearchive_preview(prearchive_id, scan_id, name=None):
+    """Show a prearchive file's header before and after its project's script."""
+    ps, names, name, path = _prearchive_file(prearchive_id, scan_id, name)
+    script, rows, rejected = _project_script(ps), [], None
+    if script is not None:
+        labels = {"project": ps.project, "subject": ps.subject, "session": ps.session,
+                  "scan": scan_id}
+        rows, rejected = anonymization.preview(path, script, labels)
+    links = {n: url_for(".prearchive_preview", prearchive_id=ps.id, scan_id=scan_id, name=n)
+             for n in names}
+    return render_template("headers/preview.html", ps=ps, rows=rows, rejected=rejected,
+                           has_script=script is not None, name=name, links=links,
+                           scan_id=scan_id)
+
+
+def _project_script(ps):
+    if not ps.project:
+        return None
+    project = access.get_project(ps.project)
+    try:
+        return anonymization.active_script(anonymization.project_scope(project))
+    except ScriptError as exc:  # saved before a change of the language: say so
+        abort(409, f"The project's anonymization script no longer reads: {exc}")
 
 
 @bp.get("/api/prearchive/<int:prearchive_id>/scans/<scan_id>/files/<name>/dicom.json")

@@ -33,6 +33,7 @@ does not list are kept. The profile applies at every depth of a dataset.
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -199,8 +200,12 @@ def _is_date_attribute(tag: int) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=32)
 def build_table(options: frozenset[str] = frozenset()) -> Table:
-    """Return the Basic Profile's table with `options` (names from OPTIONS) applied."""
+    """Return the Basic Profile's table with `options` (names from OPTIONS) applied.
+
+    The table is shared between callers (cached): do not change it.
+    """
     unknown = set(options) - set(OPTIONS)
     if unknown:
         raise ValueError(f"unknown profile option(s): {', '.join(sorted(unknown))}")

@@ -27,9 +27,10 @@ def read_header(path) -> Dataset:
 
 
 def dump(dataset: Dataset) -> list[dict]:
-    """Return the header as rows: tag "(gggg,eeee)", vr, keyword, name, value, depth.
+    """Return the header as rows: tag "(gggg,eeee)", vr, keyword, name, value, depth, path.
 
-    File meta rows come first. A sequence's row gives its number of items,
+    `path` names the row uniquely, sequence items included, so two dumps can
+    be compared (diff). File meta rows come first. A sequence's row gives its number of items,
     followed by one row per item ("Item 1", ...) and the item's elements one
     level deeper. Values longer than MAX_VALUE characters are shortened
     with "…"; binary values show their first bytes and their length.
@@ -37,28 +38,62 @@ def dump(dataset: Dataset) -> list[dict]:
     rows: list[dict] = []
     meta = getattr(dataset, "file_meta", None)
     if meta is not None:
-        _dump(meta, 0, rows)
-    _dump(dataset, 0, rows)
+        _dump(meta, 0, "", rows)
+    _dump(dataset, 0, "", rows)
     return rows
 
 
-def _dump(ds: Dataset, depth: int, rows: list[dict]) -> None:
+def _dump(ds: Dataset, depth: int, prefix: str, rows: list[dict]) -> None:
     for tag in ds.keys():
+        path = prefix + _tag_text(tag)
         try:
             elem = ds[tag]
         except Exception as exc:  # a raw element pydicom cannot convert
-            rows.append(_row(tag, "??", "", "(unreadable)", f"(unreadable: {exc})", depth))
+            rows.append(_row(tag, "??", "", "(unreadable)", f"(unreadable: {exc})", depth, path))
             continue
-        rows.append(_row(elem.tag, elem.VR, elem.keyword, elem.name, _value(elem), depth))
+        rows.append(_row(elem.tag, elem.VR, elem.keyword, elem.name, _value(elem), depth, path))
         if elem.VR == "SQ" and elem.value is not None:
             for number, item in enumerate(elem.value, start=1):
-                rows.append(_row(0xFFFEE000, "", "", f"Item {number}", "", depth + 1))
-                _dump(item, depth + 2, rows)
+                item_path = f"{path}[{number}]"
+                rows.append(_row(0xFFFEE000, "", "", f"Item {number}", "", depth + 1, item_path))
+                _dump(item, depth + 2, item_path, rows)
 
 
-def _row(tag: int, vr: str, keyword: str, name: str, value: str, depth: int) -> dict:
-    return {"tag": f"({tag >> 16:04X},{tag & 0xFFFF:04X})", "vr": vr, "keyword": keyword,
-            "name": name, "value": value, "depth": depth}
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _row(tag: int, vr: str, keyword: str, name: str, value: str, depth: int,
+         path: str) -> dict:
+    return {"tag": _tag_text(tag), "vr": vr, "keyword": keyword, "name": name,
+            "value": value, "depth": depth, "path": path}
+
+
+def diff(before: list[dict], after: list[dict]) -> list[dict]:
+    """Return rows of two dumps side by side, in the order of `before` (added rows
+    after their predecessor): each has tag, keyword, name, depth, before and after
+    values (None where the row is absent) and change: "", "changed", "removed",
+    "added".
+    """
+    old = {row["path"]: row for row in before}
+    new = {row["path"]: row for row in after}
+    paths = [row["path"] for row in before]
+    seen = set(paths)
+    for n, row in enumerate(after):  # put each added row after the row before it
+        if row["path"] not in seen:
+            anchor = after[n - 1]["path"] if n else None
+            paths.insert(paths.index(anchor) + 1 if anchor in paths else len(paths), row["path"])
+            seen.add(row["path"])
+    out = []
+    for path in paths:
+        a, b = old.get(path), new.get(path)
+        shown = a or b
+        change = ("added" if a is None else "removed" if b is None
+                  else "changed" if (a["value"], a["vr"]) != (b["value"], b["vr"]) else "")
+        out.append({"tag": shown["tag"], "keyword": shown["keyword"], "name": shown["name"],
+                    "depth": shown["depth"], "before": a and a["value"],
+                    "after": b and b["value"], "change": change})
+    return out
 
 
 def shorten(text: str, limit: int = MAX_VALUE) -> str:

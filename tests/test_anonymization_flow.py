@@ -233,3 +233,32 @@ def test_snapshots_are_made_after_the_build_and_archived_as_a_resource(
     assert client.get(f"/data/projects/study1/experiments/S01_MR1/scans/{scan_id}/files/"
                       f"{name}/dicom.json").get_json()["00100010"]["Value"] == [
                           {"Alphabetic": "S01"}]
+
+
+def test_preview_shows_a_header_before_and_after_the_project_script_and_writes_nothing(
+        app, client, run_jobs, make_project):
+    make_project("study1")
+    _uid, files = study()
+    upload(client, files)
+    run_jobs()
+    ps = only_prearchive_session(app)
+    scan_id = ps.scans[0]["id"]
+    prearchived = (Path(app.config["DATA_DIR"]) / "prearchive").rglob("*.dcm")
+    stored = {p: p.read_bytes() for p in prearchived}
+
+    page = client.get(f"/prearchive/{ps.id}/scans/{scan_id}/preview")
+    assert page.status_code == 200 and b"no enabled anonymization script" in page.data
+
+    set_script(app, project_scope("study1"), '-(0010,0030)\nPatientName := "P_{subject}"')
+    page = client.get(f"/prearchive/{ps.id}/scans/{scan_id}/preview")
+
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert '<tr class="removed">' in html and BIRTH_DATE in html
+    assert '<tr class="changed">' in html and "P_S01" in html
+    assert b"preview" in client.get(f"/prearchive/{ps.id}").data
+    assert {p: p.read_bytes() for p in stored} == stored
+
+    set_script(app, project_scope("study1"), 'reject if Modality = "MR"')
+    page = client.get(f"/prearchive/{ps.id}/scans/{scan_id}/preview")
+    assert b"would reject this file" in page.data

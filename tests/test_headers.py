@@ -7,7 +7,8 @@ import shutil
 import pydicom
 from pydicom.data import get_testdata_file
 
-from imaging.headers import MAX_VALUE, dump, read_header, to_dicom_json
+from imaging.anonymize import apply_script, parse_script
+from imaging.headers import MAX_VALUE, diff, dump, read_header, to_dicom_json
 
 SCRIPT_NAME = "<script>alert('x')</script>^Evil"
 
@@ -26,7 +27,8 @@ def test_dump_returns_markup_in_a_header_unchanged_as_data(tmp_path):
 
     assert rows["PatientName"]["value"] == SCRIPT_NAME
     assert rows["PatientName"] == {"tag": "(0010,0010)", "vr": "PN", "keyword": "PatientName",
-                                   "name": "Patient's Name", "value": SCRIPT_NAME, "depth": 0}
+                                   "name": "Patient's Name", "value": SCRIPT_NAME, "depth": 0,
+                                   "path": "(0010,0010)"}
 
 
 def test_dump_lists_file_meta_first_and_shows_no_pixel_data():
@@ -80,3 +82,18 @@ def test_read_header_reads_files_without_file_meta(tmp_path):
     shutil.copy(get_testdata_file("ExplVR_LitEndNoMeta.dcm"), path)
     rows = rows_by_keyword(dump(read_header(path)))
     assert "PatientName" in rows or "SOPInstanceUID" in rows
+
+
+def test_diff_marks_changed_removed_and_added_rows_in_sequences_too():
+    before = pydicom.dcmread(get_testdata_file("rtplan.dcm"))
+    after = pydicom.dcmread(get_testdata_file("rtplan.dcm"))
+    script = parse_script("-PatientBirthDate\nPatientName := subject\nreplace uids")
+    apply_script(script, after, {"subject": "S01"}, b"secret")
+
+    rows = {(row["keyword"], row["change"]) for row in diff(dump(before), dump(after))}
+
+    assert ("PatientBirthDate", "removed") in rows
+    assert ("PatientName", "changed") in rows
+    assert ("DeidentificationMethod", "added") in rows
+    assert ("ReferencedSOPInstanceUID", "changed") in rows  # inside a sequence
+    assert ("Modality", "") in rows

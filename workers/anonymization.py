@@ -8,18 +8,20 @@ files they changed, so a job that runs twice changes nothing more.
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 from flask import current_app
 from sqlalchemy import select
 
-from imaging import dicomio, storage
+from imaging import dicomio, headers, storage
 from imaging.anonymize import (
     DEFAULT_SITE_SCRIPT,
     Script,
     ScriptRejected,
     anonymize_file,
+    apply_script,
     parse_script,
 )
 from models import AnonymizationScript, Project, db, utcnow
@@ -150,3 +152,15 @@ def quarantine(key: str, items: list[tuple[Path, str, str]]) -> None:
         if not any(r.get("name") == name for r in reasons):
             reasons.append({"name": name, "reason": reason})
     storage.write_json_atomic(qdir / "reasons.json", reasons)
+
+
+def preview(path: Path, script: Script, labels: dict) -> tuple[list[dict], str | None]:
+    """Return a file's header before and after `script` side by side (headers.diff),
+    and the reason when the script would reject the file. Nothing is written."""
+    before = headers.read_header(path)
+    after = copy.deepcopy(before)
+    try:
+        apply_script(script, after, labels, secret())
+    except ScriptRejected as exc:
+        return headers.diff(headers.dump(before), headers.dump(before)), exc.reason
+    return headers.diff(headers.dump(before), headers.dump(after)), None
