@@ -262,3 +262,22 @@ def test_preview_shows_a_header_before_and_after_the_project_script_and_writes_n
     set_script(app, project_scope("study1"), 'reject if Modality = "MR"')
     page = client.get(f"/prearchive/{ps.id}/scans/{scan_id}/preview")
     assert b"would reject this file" in page.data
+
+
+def test_the_prearchive_record_and_the_archive_index_show_the_anonymized_header(
+        app, client, run_jobs, make_project):
+    make_project("study1")
+    set_script(app, project_scope("study1"), "basic-profile\nPatientName := subject")
+    _uid, files = study(AccessionNumber="ACC777", StudyDescription="Brain of John Doe")
+    upload(client, files)
+    run_jobs()
+    ps = only_prearchive_session(app)
+    page = client.get(f"/prearchive/{ps.id}").data
+    assert b"MRN123" not in page and b"DOE^JOHN" not in page  # the site script ran
+    client.post(f"/prearchive/{ps.id}/archive")
+    run_jobs()
+    with app.app_context():
+        session = db.session.scalar(select(ImagingSession))
+        assert session.accession in (None, "") and session.study_description is None
+        assert all(scan.series_description is None for scan in session.scans)
+    assert b"ACC777" not in client.get("/projects/study1/sessions/S01_MR1").data

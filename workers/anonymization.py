@@ -110,10 +110,11 @@ def variables(record: dict, scan_id: str, labels: dict | None = None) -> dict:
 def anonymize_record(script: Script, record: dict, path_of, labels: dict | None = None):
     """Apply `script` to every file of a prearchive record's scans.
 
-    `path_of(scan, entry)` gives each file's path. File entries, the study's
-    and the series' UIDs are refreshed from the rewritten files; rejected
-    files leave the record. Returns (files changed, [(scan, entry, path,
-    reason) rejected]).
+    `path_of(scan, entry)` gives each file's path. What the record says of
+    the files, their scans and their study is read again from the rewritten
+    files, so no original value stays in the record (nor reaches the
+    archive's index); rejected files leave the record. Returns (files
+    changed, [(scan, entry, path, reason) rejected]).
     """
     key = secret()
     changed, rejected = 0, []
@@ -128,12 +129,24 @@ def anonymize_record(script: Script, record: dict, path_of, labels: dict | None 
                 rejected.append((scan, entry, path, exc.reason))
                 continue
             info = dicomio.read_dicom(path)
+            if not kept:
+                _describe(record, scan, info)
             kept.append(file_entry(entry["name"], info))
-            scan["series_uid"] = info.series_uid
-            record["study_uid"] = info.study_uid
         scan["files"] = kept
     record["scans"] = [s for s in record.get("scans", []) if s["files"]]
     return changed, rejected
+
+
+def _describe(record: dict, scan: dict, info: dicomio.DicomInfo) -> None:
+    """Describe a scan (and its study) in the record from a file's header as it is now."""
+    scan.update(info.scan_fields())
+    record["study_uid"] = info.study_uid
+    study = record.setdefault("study", {})
+    study.update({
+        "study_description": info.study_description, "accession": info.accession_number,
+        "patient_name": info.patient_name, "patient_id": info.patient_id,
+        "scanner": " ".join(x for x in (info.manufacturer, info.model) if x) or None,
+        "modality": info.modality})
 
 
 def quarantine(key: str, items: list[tuple[Path, str, str]]) -> None:
