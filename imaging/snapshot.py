@@ -114,6 +114,13 @@ def render(path: str, index: int | None = None) -> tuple[Image.Image, str]:
         pixels = pydicom.pixels.pixel_array(path, index=index, ds_out=ds)
     except Exception as exc:  # decoders raise many kinds on data they cannot read
         raise NoImage(f"The image could not be decoded: {' '.join(str(exc).split())}") from exc
+    try:
+        return _to_image(pixels, ds)
+    except Exception as exc:  # odd LUTs or shapes: a snapshot is best effort, say why
+        raise NoImage(f"The image could not be shown: {' '.join(str(exc).split())}") from exc
+
+
+def _to_image(pixels: np.ndarray, ds: Dataset) -> tuple[Image.Image, str]:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric == "PALETTE COLOR":
         pixels = apply_color_lut(pixels, ds)
