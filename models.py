@@ -316,3 +316,19 @@ class AuditEvent(db.Model):
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
     remote_addr: Mapped[str | None] = mapped_column(String(64))
 
+
+
+class AnonymizationScript(db.Model):
+    """The site's anonymization script (scope "site") or a project's ("project:{id}").
+
+    With no site row the site runs DEFAULT_SITE_SCRIPT (imaging.anonymize).
+    """
+
+    __tablename__ = "anonymization_script"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("project.id"), index=True)
+    text: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(64))

@@ -10,6 +10,10 @@ def register_blueprints(app: Flask) -> None:
     auth.init_app(app)
     for module in (auth, archive, members, upload, prearchive, api, admin, audit, resources):
         app.register_blueprint(module.bp)
+    from blueprints import anonymization, headers
+
+    for module in (anonymization, headers):
+        app.register_blueprint(module.bp)
 
 
 def wants_json() -> bool:

@@ -11,7 +11,7 @@ import io
 import pytest
 from sqlalchemy import select
 
-from models import ApiToken, ImagingSession, PrearchiveSession, Upload, User, db
+from models import ApiToken, File, ImagingSession, PrearchiveSession, Resource, Upload, User, db
 from tests.conftest import _backends, jobs_runner, login, make_app, project_maker, user_maker
 from tests.dicomgen import make_study, zip_bytes
 
@@ -84,6 +84,25 @@ ROUTES = {
                           {"enabled": "1"}),
     "audit.index": ("GET", "/audit", ("other", "owner", "admin"), 403, None),
     "resources.index": ("GET", "/projects/p1/resources", READERS, None, None),
+    "headers.prearchive_header": ("GET", "/prearchive/{ps_member}/scans/1/header", EDITORS, 404,
+                                  None),
+    "headers.prearchive_preview": ("GET", "/prearchive/{ps_member}/scans/1/preview", EDITORS,
+                                   404, None),
+    "headers.prearchive_json": (
+        "GET", "/api/prearchive/{ps_member}/scans/1/files/{file_ps}/dicom.json", EDITORS, 404,
+        None),
+    "headers.prearchive_snapshot": ("GET", "/prearchive/{ps_member}/scans/1/snapshot.png",
+                                    EDITORS, 404, None),
+    "headers.archive_header": (
+        "GET", "/projects/p1/sessions/A_member/scans/1/files/{file_a}/header", READERS, None,
+        None),
+    "headers.archive_json": (
+        "GET", "/data/projects/p1/experiments/A_member/scans/1/files/{file_a}/dicom.json",
+        READERS, None, None),
+    "headers.archive_snapshot": ("GET", "/projects/p1/sessions/A_member/scans/1/snapshot.png",
+                                 READERS, None, None),
+    "anonymization.site_script": ("GET", "/admin/anonymization", ADMINS, 403, None),
+    "anonymization.project_script": ("GET", "/projects/p1/anonymization", OWNERS, 403, None),
     "resources.upload": ("POST", "/projects/p1/resources", EDITORS, 403, "resource"),
     "resources.download": ("GET", "/projects/p1/resources/NOTES/files/a.txt", READERS, None,
                            None),
@@ -174,6 +193,14 @@ def world(shared_app):
             db.session.add(ApiToken(user_id=user.id, name="t", token_hash=f"h-{role}"))
         db.session.commit()
         ids["upload"] = upload.id
+        ids["file_a"] = db.session.scalar(
+            select(File.path).join(Resource).join(ImagingSession,
+                                                  ImagingSession.id == Resource.session_id)
+            .where(ImagingSession.label == "A_member", Resource.label == "DICOM"))
+        ps = db.session.get(PrearchiveSession, ids["ps_member"])
+        from workers import prearchive
+
+        ids["file_ps"] = prearchive.load_record(ps)["scans"][0]["files"][0]["name"]
         ids["collab_id"] = db.session.scalar(select(User.id).filter_by(username="collab"))
         for role in ROLES:
             ids[f"victim_{role}"] = db.session.scalar(
@@ -225,7 +252,7 @@ def _expected(endpoint: str, role: str) -> str | int:
         return OK
     if role == "anon":
         return 401 if url.startswith(("/api/", "/data/")) else "login"
-    if role == "other" and not endpoint.startswith("admin."):
+    if role == "other" and ("/p1" in url or refusal == 404 or endpoint == "upload.create"):
         return 404  # p1 is private: to a stranger it does not exist
     return refusal
 

@@ -37,7 +37,7 @@ def archive(client, run_jobs, ps_id, **form):
 
 def archived_files(app) -> list[File]:
     with app.app_context():
-        return db.session.scalars(select(File)).all()
+        return db.session.scalars(select(File).filter_by(format="DICOM")).all()
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def test_a_zip_of_dicom_and_nifti_files_the_nifti_in_the_named_scan(app, client,
         scan = db.session.scalar(select(Scan))
         labels = sorted(r.label for r in db.session.scalars(
             select(Resource).filter_by(scan_id=scan.id)))
-        assert labels == ["DICOM", "NIFTI"]
+        assert labels == ["DICOM", "NIFTI", "SNAPSHOTS"]
         row = db.session.scalar(select(File).filter_by(format="NIFTI"))
         assert row.path == "nifti/t1.nii"
         assert row.header["dimensions"] == [33, 41, 25]

@@ -13,6 +13,7 @@ a session that exists (overwrite=append or delete) is in workers/merging.py.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from models import (
     Subject,
     db,
 )
-from workers import merging, prearchive, resources
+from workers import anonymization, merging, prearchive, resources, snapshots
 from workers.context import app_job
 
 
@@ -93,6 +94,9 @@ def _plan(ps: PrearchiveSession, record: dict, options: dict) -> dict:
     overwrite = options.get("overwrite") or "none"
     _proj, existing = check_archivable(ps, target["project"], target["subject"],
                                        target["session"], overwrite)
+    # The project's script runs first: what is compared with the archive and
+    # what reaches it are the files as they will be archived.
+    _apply_project_script(ps, record, target)
     if existing is None:
         target["mode"] = "new"
     elif overwrite == "append":
@@ -117,6 +121,8 @@ def archive_session(prearchive_id: int, options: dict | None = None) -> str | No
     target = record.get("archiving_to")
     try:
         if target is None:
+            ps.status = ARCHIVING
+            db.session.commit()
             target = _plan(ps, record, options or {})
             record["archiving_to"] = target
             prearchive.save_record(record)
@@ -148,6 +154,36 @@ def _conflict(ps: PrearchiveSession, record: dict, reasons: list[str]) -> None:
     ps.status = CONFLICT
     ps.message = record["message"]
     db.session.commit()
+
+
+def _apply_project_script(ps: PrearchiveSession, record: dict, target: dict) -> None:
+    """Run the target project's anonymization script on the session's files in place.
+
+    Runs before the folder moves, so no original header reaches the archive;
+    rejected files go to quarantine. Raises ArchiveRefused when no file is left.
+    """
+    project = db.session.scalar(select(Project).filter_by(label=target["project"]))
+    script = anonymization.active_script(anonymization.project_scope(project))
+    if script is None:
+        return
+    src = prearchive.session_dir(ps)
+
+    def path_of(scan, entry):
+        return src / "SCANS" / scan["id"] / "DICOM" / entry["name"]
+
+    changed, rejected = anonymization.anonymize_record(script, record, path_of, labels=target)
+    reason = "rejected by the anonymization script of project {}: {}"
+    anonymization.quarantine(
+        record.get("upload_id") or f"archive-{ps.timestamp}-{ps.folder}",
+        [(path, f"{scan['id']}/{entry['name']}", reason.format(target["project"], why))
+         for scan, entry, path, why in rejected])
+    if changed or rejected:
+        prearchive.log(record, f"project anonymization script: {changed} file(s) changed, "
+                               f"{len(rejected)} rejected")
+    prearchive.save_record(record)
+    if rejected and not record["scans"] and not record.get("resources"):
+        raise ArchiveRefused("The project's anonymization script rejected every file; "
+                             "they are in quarantine.")
 
 
 def _back_to_ready(ps, record: dict, message: str) -> None:
@@ -308,6 +344,7 @@ def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path
         db.session.add(resource)
         db.session.flush()
         file_rows.extend(_file_row(resource.id, f, label) for f in s["files"])
+        file_rows.extend(_snapshot_rows(dst / "SCANS" / s["id"], resource))
     _index_resources(resources.Owner(project, subject, session), record.get("resources"))
     if file_rows:
         db.session.execute(insert(File), file_rows)
@@ -320,6 +357,23 @@ def _index_resources(owner, found: dict | None) -> None:
     for label, resource in (found or {}).items():
         row = resources.get_or_create(owner, label, format=resource.get("format"))
         resources.insert_files(row.id, resource.get("files", []))
+
+
+def _snapshot_rows(scan_dir: Path, dicom: Resource) -> list[dict]:
+    """Add a scan's SNAPSHOTS resource when its folder has snapshots; return its file rows."""
+    folder = scan_dir / snapshots.RESOURCE
+    pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if not pngs:
+        return []
+    resource = Resource(project_id=dicom.project_id, subject_id=dicom.subject_id,
+                        session_id=dicom.session_id, scan_id=dicom.scan_id,
+                        label=snapshots.RESOURCE, format="PNG", content="SNAPSHOT")
+    db.session.add(resource)
+    db.session.flush()
+    return [{"resource_id": resource.id, "path": png.name, "size": png.stat().st_size,
+             "sha256": hashlib.sha256(png.read_bytes()).hexdigest(), "format": "PNG",
+             "content": "THUMBNAIL" if png.name == snapshots.THUMBNAIL else "ORIGINAL"}
+            for png in pngs]
 
 
 def delete_archived_session(session_id: int) -> None:

@@ -32,7 +32,7 @@ from models import (
     db,
     utcnow,
 )
-from workers import ingest_formats, prearchive, queue
+from workers import anonymization, ingest_formats, prearchive, queue
 from workers.context import app_job
 
 MAX_LISTED_QUARANTINE = 1000
@@ -191,13 +191,15 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
 
     sessions += ingest_formats.place_resources(upload, loose, sessions, source_of, timestamp,
                                                report)
+    sessions = _apply_site_script(sessions, source_of, report)
 
     for _record, moves in sessions:
         _move_files(moves, source_of, report)
     _quarantine_files(upload, report, source_of)
+    rows = []
     for record, _moves in sessions:
         prearchive.save_record(record)
-        prearchive.index_record(record)
+        rows.append(prearchive.index_record(record))
     upload.stored = report.stored
     upload.duplicates = report.duplicates
     upload.quarantined = len(report.quarantined)
@@ -214,7 +216,44 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
         upload.error = "No DICOM or other image file could be read from the upload."
     upload.finished = utcnow()
     db.session.commit()
+    for ps in rows:
+        queue.enqueue_make_snapshots(ps.id)
     storage.remove_tree(root)
+
+
+def _apply_site_script(sessions, source_of, report: Report):
+    """Run the site's anonymization script on each planned file before it is READY.
+
+    Files are rewritten where they are (the upload folder, or the prearchive
+    when a first run of this job moved them already); rejected files go to
+    quarantine with the reason. Returns the sessions that still have files.
+    """
+    script = anonymization.active_script(anonymization.SITE)
+    if script is None:
+        return sessions
+    kept = []
+    for record, moves in sessions:
+        by_entry = {(t.parent.parent.name, t.name): (name, t) for name, t in moves}
+
+        def path_of(scan, entry, by_entry=by_entry):
+            name, target = by_entry[(scan["id"], entry["name"])]
+            return source_of(name) if source_of(name).exists() else target
+
+        changed, rejected = anonymization.anonymize_record(script, record, path_of)
+        dropped = set()
+        for scan, entry, path, reason in rejected:
+            name, target = by_entry[(scan["id"], entry["name"])]
+            if path == target:  # moved by an earlier run: back to where quarantine looks
+                os.replace(target, source_of(name))
+            report.quarantine(name, f"rejected by the site anonymization script: {reason}")
+            dropped.add(name)
+        if changed or rejected:
+            prearchive.log(record, f"site anonymization script: {changed} file(s) changed, "
+                                   f"{len(rejected)} rejected")
+        moves = [(name, target) for name, target in moves if name not in dropped]
+        if moves:
+            kept.append((record, moves))
+    return kept
 
 
 class Report:

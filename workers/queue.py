@@ -88,3 +88,7 @@ def enqueue_archive_session(prearchive_id: int, options: dict | None = None):
 
 def enqueue_delete_prearchive(prearchive_id: int):
     return _enqueue("workers.prearchive.delete_prearchive_session", prearchive_id)
+
+
+def enqueue_make_snapshots(prearchive_id: int):
+    return _enqueue("workers.snapshots.make_session_snapshots", prearchive_id)

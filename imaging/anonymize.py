@@ -1,0 +1,377 @@
+"""Anonymization scripts: a small rule language in the spirit of XNAT's DicomEdit.
+
+A script is text, one statement per line; `//` or `#` starts a comment.
+Statements run from top to bottom on each file.
+
+    (0008,1030) := project          set an attribute to a variable
+    PatientName := "anon"           ... or to a text; "{subject}_{session}"
+                                    puts variables into a text ({{ and }}
+                                    for braces)
+    -(0010,0030)                    remove an attribute
+    remove PatientBirthDate         (the same)
+    remove private                  remove all private attributes
+    blank (0010,1040)               keep an attribute with an empty value
+    keep PatientAge                 exempt it from every later statement
+                                    but an explicit `:=` of it
+    replace uids                    replace every instance UID by a new one
+                                    derived from the old and the site's secret
+    shift dates [DAYS]              move every date back by a number of days
+                                    (1 to DAYS, default 365) fixed per subject
+    basic-profile [OPTION ...]      DICOM PS3.15 Annex E's Basic Application
+                                    Level Confidentiality Profile
+    reject if TAG = "text"          refuse the file (also !=, and ~ for a
+    reject if TAG present           regular expression; present, missing)
+
+An attribute is written as `(gggg,eeee)` in hexadecimal or by its DICOM
+keyword (`PatientName`). The variables are project, subject, session and
+scan (labels in Scanyard) and modality (the file's Modality unless given);
+a variable with no value leaves its attribute unchanged. Statements other
+than `:=`, `-`, `remove TAG` and `blank` (which act on the top level of the
+dataset) act at every depth, inside sequences too. The file meta group
+(0002) and the pixel data are not a script's to change.
+
+The profile's options (PS3.15 Table E.1-1, see imaging/deid_profile.py):
+retain-longitudinal-dates, retain-modified-dates (dates shifted as by
+`shift dates`), retain-patient-characteristics, retain-device-identity,
+retain-uids, clean-descriptors. With the profile, a file gets
+PatientIdentityRemoved YES and its DeidentificationMethod (Code Sequence).
+
+A script that changes a file also adds "Scanyard script <digest>" to its
+DeidentificationMethod; a file that already has it for the same script and
+variables is left alone, so applying a script twice changes nothing more.
+
+Example (a project that keeps dates for a longitudinal study):
+
+    basic-profile retain-longitudinal-dates retain-patient-characteristics
+    PatientName := subject
+    PatientID := "{project}_{subject}"
+    reject if BurnedInAnnotation = "YES"
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom import Dataset
+from pydicom.multival import MultiValue
+
+from imaging import deid_actions as actions
+from imaging.anonymize_parse import (
+    VARIABLES,
+    Profile,
+    Reject,
+    Remove,
+    ScriptError,
+    SetTag,
+    Statement,
+    parse_statements,
+    tag_text,
+)
+from imaging.deid_profile import BASIC_PROFILE_CODE, OPTIONS, apply_profile, build_table
+from imaging.storage import fsync_dir
+
+__all__ = [
+    "DEFAULT_SITE_SCRIPT", "VARIABLES", "Script", "ScriptError", "ScriptRejected",
+    "anonymize_file", "apply_script", "parse_script",
+]
+
+DEFAULT_SITE_SCRIPT = """\
+// Scanyard's site script, as XNAT's default: the project into Study
+// Description, the subject into Patient Name, the session into Patient ID.
+(0008,1030) := project
+(0010,0010) := subject
+(0010,0020) := session
+"""
+
+_MARKER = "Scanyard script "
+
+
+class ScriptRejected(Exception):
+    """A file that a script refuses; `reason` says why (and which line)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Script:
+    """A parsed script: its text and its statements, in order."""
+
+    text: str
+    statements: list[Statement] = field(default_factory=list)
+
+    @property
+    def shift_days(self) -> int:
+        """Return the range of date shifts: the last `shift dates N`, else the default."""
+        days = [s.days for s in self.statements if getattr(s, "kind", "") == "shift-dates"]
+        return days[-1] if days else actions.DEFAULT_SHIFT_DAYS
+
+    def marker(self, variables: dict) -> str:
+        """Return the DeidentificationMethod value that records this script's run."""
+        data = json.dumps([self.text, _texts(variables)], sort_keys=True)
+        return _MARKER + hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def parse_script(text: str) -> Script:
+    """Return the Script written in `text`; raise ScriptError naming the bad line."""
+    return Script(text=text, statements=parse_statements(text))
+
+
+class _Run:
+    """One application of a script to one dataset."""
+
+    def __init__(self, script: Script, ds: Dataset, variables: dict, secret: bytes,
+                 uid_prefix: str | None):
+        self.script, self.ds, self.secret, self.uid_prefix = script, ds, secret, uid_prefix
+        self.variables = _texts(variables)
+        if not self.variables.get("modality"):
+            self.variables["modality"] = str(ds.get("Modality", "") or "") or None
+        self.kept: dict[int, int] = {}
+        self.changes: list[str] = []
+        self._uids: dict[str, str] = {}
+        self._days: int | None = None
+
+    def uid(self, old: str) -> str:
+        if old not in self._uids:
+            self._uids[old] = actions.new_uid(old, self.secret, self.uid_prefix)
+        return self._uids[old]
+
+    def days(self) -> int:
+        """Return this subject's date offset; the subject label, else the PatientID, keys it."""
+        if self._days is None:
+            subject = self.variables.get("subject") or str(self.ds.get("PatientID", "") or "")
+            if not subject:
+                raise ScriptRejected("dates cannot be shifted: no subject and no PatientID")
+            self._days = actions.date_offset(self.secret, subject, self.script.shift_days)
+        return self._days
+
+    def shift(self, text: str, vr: str) -> str | None:
+        return actions.shift_date_text(text, self.days(), vr)
+
+    def note(self, statement: Statement, text: str) -> None:
+        self.changes.append(f"line {statement.line}: {text}")
+
+
+def apply_script(script: Script, dataset: Dataset, variables: dict, secret: bytes,
+                 uid_prefix: str | None = None) -> list[str]:
+    """Apply `script` to `dataset` in place; return what changed, one line of text each.
+
+    Raises ScriptRejected when a `reject` statement matches or a statement
+    cannot be applied to this file. Returns [] (and changes nothing) when
+    the file already carries this script's marker for these variables.
+    """
+    marker = script.marker(variables)
+    if marker in _method_values(dataset):
+        return []
+    run = _Run(script, dataset, variables, secret, uid_prefix)
+    for statement in script.statements:
+        try:
+            _execute(run, statement)
+        except ScriptRejected:
+            raise
+        except Exception as exc:  # a value this file holds that the statement cannot take
+            raise ScriptRejected(f"line {statement.line}: {exc}") from exc
+    if run.changes:
+        _add_method(dataset, marker)
+    return run.changes
+
+
+def _execute(run: _Run, s: Statement) -> None:
+    ds, kind = run.ds, s.kind
+    if kind == "set":
+        _set(run, s)
+    elif kind in ("remove", "blank"):
+        _remove_or_blank(run, s)
+    elif kind == "keep":
+        run.kept.setdefault(s.tag, s.line)
+    elif kind == "remove-private":
+        count = actions.remove_private(ds, run.kept)
+        if count:
+            run.note(s, f"removed {count} private attribute(s)")
+    elif kind == "replace-uids":
+        count = actions.replace_uids(ds, run.kept, run.uid)
+        if count:
+            run.note(s, f"replaced the UIDs of {count} attribute(s)")
+    elif kind == "shift-dates":
+        count = actions.shift_dates(ds, run.kept, run.days())
+        if count:
+            run.note(s, f"shifted {count} date(s) by {run.days()} days")
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    elif kind == "basic-profile":
+        _profile(run, s)
+    elif kind == "reject":
+        _reject(run, s)
+
+
+def _set(run: _Run, s: SetTag) -> None:
+    if s.variable is not None:
+        value = run.variables.get(s.variable)
+        if value is None:
+            run.note(s, f"{tag_text(s.tag)} left unchanged: no {s.variable}")
+            return
+    else:
+        value = s.text.format_map(_Blank(run.variables))
+    ds = run.ds
+    current = ds.get(s.tag)
+    writable = current is not None and current.VR in actions.TEXT_VRS
+    pydicom.valuerep.validate_value(current.VR if writable else s.vr, value, pydicom.config.RAISE)
+    if writable:
+        if str(current.value or "") == value:
+            return
+        current.value = value
+    else:
+        if current is not None:
+            del ds[s.tag]  # a private element read as UN, or a binary VR: write it anew
+        ds.add_new(s.tag, s.vr, value)
+    run.note(s, f"{tag_text(s.tag)} set to {value!r}")
+
+
+def _remove_or_blank(run: _Run, s: Remove) -> None:
+    ds = run.ds
+    if s.tag not in ds:
+        return
+    if s.tag in run.kept:
+        run.note(s, f"{tag_text(s.tag)} kept (line {run.kept[s.tag]})")
+        return
+    if s.kind == "remove":
+        del ds[s.tag]
+        run.note(s, f"{tag_text(s.tag)} removed")
+    elif not ds[s.tag].is_empty:
+        actions.set_empty(ds[s.tag])
+        run.note(s, f"{tag_text(s.tag)} blanked")
+
+
+def _profile(run: _Run, s: Profile) -> None:
+    table = build_table(s.options)
+    done = apply_profile(run.ds, table, run.kept, run.uid, run.shift)
+    summary = ", ".join(f"{count} {what}" for what, count in sorted(done.items()))
+    run.note(s, f"basic profile: {summary or 'nothing to change'}")
+    ds = run.ds
+    ds.PatientIdentityRemoved = "YES"
+    codes = [BASIC_PROFILE_CODE] + [OPTIONS[o] for o in sorted(s.options)]
+    for _value, meaning in codes:
+        _add_method(ds, meaning)
+    items = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = items
+    if "retain-longitudinal-dates" in s.options:
+        ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    elif "retain-modified-dates" in s.options:
+        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    else:
+        ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+
+def _reject(run: _Run, s: Reject) -> None:
+    present = s.tag in run.ds
+    value = _value_text(run.ds[s.tag]) if present else None
+    if s.op == "present":
+        hit = present
+    elif s.op == "missing":
+        hit = not present
+    elif s.op == "=":
+        hit = value == s.operand
+    elif s.op == "!=":
+        hit = value != s.operand
+    else:
+        hit = value is not None and s.pattern.search(value) is not None
+    if hit:
+        raise ScriptRejected(f"rejected by line {s.line}: {s.source}")
+
+
+def anonymize_file(path, script: Script, variables: dict, secret: bytes,
+                   uid_prefix: str | None = None) -> list[str]:
+    """Apply `script` to the DICOM file at `path` and replace the file atomically.
+
+    The transfer syntax and the pixel data's bytes are kept (nothing is
+    decompressed). Returns the changes; [] leaves the file untouched.
+    Raises ScriptRejected as apply_script does; the file is then unchanged.
+    """
+    path = Path(path)
+    ds = pydicom.dcmread(path, force=True)
+    changes = apply_script(script, ds, variables, secret, uid_prefix)
+    if not changes:
+        return []
+    _ensure_transfer_syntax(ds)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.anon")
+    try:
+        with open(tmp, "wb") as fh:
+            _write(fh, ds)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return changes
+
+
+def _write(fh, ds: Dataset) -> None:
+    try:
+        pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+    except (AttributeError, ValueError) as exc:  # pydicom's word for a file meta it cannot make
+        raise ScriptRejected(f"the changed file cannot be written as DICOM: {exc}") from exc
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """Give a file read without file meta the syntax it was read in."""
+    meta = ds.file_meta if hasattr(ds, "file_meta") else None
+    if meta is None:
+        ds.file_meta = meta = pydicom.dataset.FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        if implicit:
+            meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        elif little:
+            meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        else:
+            meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+
+
+def _method_values(ds: Dataset) -> list[str]:
+    value = ds.get("DeidentificationMethod", None)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    return [str(v) for v in value]
+
+
+def _add_method(ds: Dataset, text: str) -> None:
+    values = _method_values(ds)
+    if text not in values:
+        values.append(text)
+    ds.DeidentificationMethod = values if len(values) > 1 else values[0]
+
+
+def _value_text(elem) -> str:
+    value = elem.value
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value).strip()
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip("\x00 ")
+    return "" if value is None else str(value).strip()
+
+
+def _texts(variables: dict) -> dict:
+    return {k: (None if v in (None, "") else str(v)) for k, v in variables.items()}
+
+
+class _Blank(dict):
+    """Variables for str.format_map: one without a value reads as empty text."""
+
+    def __missing__(self, key):
+        return ""
+
+    def __getitem__(self, key):
+        value = super().get(key)
+        return "" if value is None else value
