@@ -5,14 +5,24 @@ from flask import Flask, request
 
 
 def register_blueprints(app: Flask) -> None:
-    from blueprints import admin, api, archive, audit, auth, members, prearchive, resources, upload
+    from blueprints import (
+        admin,
+        anonymization,
+        api,
+        archive,
+        attention,
+        audit,
+        auth,
+        headers,
+        members,
+        prearchive,
+        resources,
+        upload,
+    )
 
     auth.init_app(app)
-    for module in (auth, archive, members, upload, prearchive, api, admin, audit, resources):
-        app.register_blueprint(module.bp)
-    from blueprints import anonymization, headers
-
-    for module in (anonymization, headers):
+    for module in (auth, archive, members, upload, prearchive, api, admin, audit, resources,
+                   anonymization, headers, attention):
         app.register_blueprint(module.bp)
 
 

@@ -9,6 +9,8 @@ from models import Membership, Project, User, db
 
 bp = Blueprint("members", __name__, url_prefix="/projects/<label>")
 
+PREARCHIVE_CODES = ("0", "4", "5")
+
 
 def _page(project: Project, code: int = 200):
     rows = db.session.execute(
@@ -106,15 +108,20 @@ def settings(label):
     if request.method == "GET":
         return render_template("members/settings.html", project=project)
     accessibility = request.form.get("accessibility", project.accessibility)
-    if accessibility not in ("private", "protected", "public"):
-        flash("Accessibility must be private, protected or public.", "error")
+    code = request.form.get("prearchive_code", str(project.prearchive_code))
+    if accessibility not in ("private", "protected", "public") or code not in PREARCHIVE_CODES:
+        flash("Accessibility must be private, protected or public, and the prearchive code "
+              "0, 4 or 5.", "error")
         return render_template("members/settings.html", project=project), 400
-    old = {"name": project.name, "accessibility": project.accessibility}
+    old = {"name": project.name, "accessibility": project.accessibility,
+           "prearchive_code": project.prearchive_code}
+    project.prearchive_code = int(code)
     project.name = (request.form.get("name") or project.name).strip()[:255]
     project.description = (request.form.get("description") or "").strip()
     project.accessibility = accessibility
     audit.record("project_change", project=project.label, target=project.label, old=old,
-                 new={"name": project.name, "accessibility": accessibility})
+                 new={"name": project.name, "accessibility": accessibility,
+                      "prearchive_code": project.prearchive_code})
     db.session.commit()
     flash("Settings saved.", "info")
     return redirect(url_for(".settings", label=project.label), code=303)

@@ -82,6 +82,7 @@ ROUTES = {
                           {"username": "new_{role}", "password": "long enough pw"}),
     "admin.set_enabled": ("POST", "/admin/users/{victim_role}/enabled", ADMINS, 403,
                           {"enabled": "1"}),
+    "attention.index": ("GET", "/attention", EVERYONE, None, None),
     "audit.index": ("GET", "/audit", ("other", "owner", "admin"), 403, None),
     "resources.index": ("GET", "/projects/p1/resources", READERS, None, None),
     "headers.prearchive_header": ("GET", "/prearchive/{ps_member}/scans/1/header", EDITORS, 404,

@@ -226,3 +226,72 @@ def test_an_archived_session_is_relabelled_and_moved_with_its_files(app, client,
                        data={"label": "../x"}).status_code == 400
     result = app.test_cli_runner().invoke(args=["verify"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("code, archived", [(0, False), (4, True), (5, True)])
+def test_the_projects_prearchive_code_decides_auto_archiving(app, client, run_jobs, study,
+                                                             code, archived):
+    res = client.post("/projects/p1/settings", data={"accessibility": "private",
+                                                     "prearchive_code": str(code)})
+    assert res.status_code == 303
+    _uid, series = study
+    send(client, series[0])
+    run_jobs()
+    with app.app_context():
+        assert bool(db.session.scalar(select(ImagingSession).filter_by(label="MR1"))) == archived
+    send(client, series[1])  # the same session label again
+    run_jobs()
+    with app.app_context():
+        left = db.session.scalars(select(PrearchiveSession)).all()
+        scans = db.session.scalars(select(Scan)).all()
+    if code == 0:
+        assert len(left) == 2 and not scans
+    elif code == 4:
+        assert len(left) == 1 and "Not archived automatically" in left[0].message
+        assert "already exists" in left[0].message
+    else:
+        assert not left and sorted(s.scan_id for s in scans) == ["1", "2"]
+
+
+def test_aa_false_in_the_comments_keeps_a_session_in_the_prearchive(app, client, run_jobs,
+                                                                     study):
+    client.post("/projects/p1/settings", data={"accessibility": "private",
+                                               "prearchive_code": "4"})
+    uid, _series = study
+    send(client, make_series(uid, 2, PatientComments="AA:false"))
+    run_jobs()
+    with app.app_context():
+        assert db.session.scalar(select(PrearchiveSession)).status == "READY"
+
+
+def test_a_date_that_differs_is_not_archived_automatically(app, client, run_jobs, study):
+    client.post("/projects/p1/settings", data={"accessibility": "private",
+                                               "prearchive_code": "4"})
+    _uid, series = study
+    res = client.post("/upload", data={
+        "project": "p1", "subject": "SUBJ", "session": "MR1", "session_date": "2020-01-01",
+        "file": (io.BytesIO(zip_bytes({"1.dcm": series[0][0]})), "x.zip")},
+        content_type="multipart/form-data")
+    assert res.status_code == 303
+    run_jobs()
+    with app.app_context():
+        ps = db.session.scalar(select(PrearchiveSession))
+        assert ps.status == "READY" and "date given differs" in ps.message
+
+
+def test_needs_attention_lists_what_waits_for_a_person(app, client, run_jobs, study):
+    client.post("/projects/p1/settings", data={"accessibility": "private",
+                                               "prearchive_code": "4"})
+    _uid, series = study
+    send(client, series[0])
+    run_jobs()
+    send(client, series[1])  # MR1 again: stays in the prearchive under code 4
+    bad = client.post("/upload", data={"project": "p1", "date_unknown": "1", "file": (
+        io.BytesIO(b"not an archive"), "junk.zip")}, content_type="multipart/form-data")
+    assert bad.status_code == 303
+    run_jobs()
+    page = client.get("/attention")
+    assert page.status_code == 200
+    assert b"Not archived automatically" in page.data
+    assert b"junk.zip" in page.data
+    assert b'<span class="count">2</span>' in page.data

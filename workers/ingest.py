@@ -217,7 +217,7 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     upload.finished = utcnow()
     db.session.commit()
     for ps in rows:
-        queue.enqueue_make_snapshots(ps.id)
+        prearchive.auto_archive(ps, after=queue.enqueue_make_snapshots(ps.id))
     storage.remove_tree(root)
 
 
@@ -333,7 +333,8 @@ def plan_sessions(upload: Upload, good, timestamp: str, report: Report):
             "scanner": " ".join(x for x in (first.manufacturer, first.model) if x) or None,
             "modality": first.modality,
         }
-        record["flags"] = {"auto_archive": ident.auto_archive}
+        wanted = upload.params.get("auto_archive")
+        record["flags"] = {"auto_archive": ident.auto_archive if wanted is None else wanted}
         _check_date(upload, record, first, report)
         target = storage.prearchive_session_dir(data_dir, project, timestamp, folder)
         record["scans"], moves = _plan_scans(items, target, report)

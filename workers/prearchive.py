@@ -20,6 +20,7 @@ from models import (
     QUEUED_DELETING,
     READY,
     PrearchiveSession,
+    Project,
     db,
     utcnow,
 )
@@ -180,7 +181,7 @@ def check_idle(ps: PrearchiveSession, action: str) -> None:
         raise Busy(f"The session is {ps.status}; it cannot be {action} until that ends.")
 
 
-def request_archive(ps: PrearchiveSession, options: dict | None = None) -> None:
+def request_archive(ps: PrearchiveSession, options: dict | None = None, after=None) -> None:
     """Check that the session can be archived, then queue its archive job.
 
     options: overwrite (none, append, delete) and target project, subject and
@@ -199,8 +200,51 @@ def request_archive(ps: PrearchiveSession, options: dict | None = None) -> None:
     ps.status = QUEUED_ARCHIVING
     ps.message = None
     db.session.commit()
-    ps.job_id = queue.enqueue_archive_session(ps.id, options).id
+    ps.job_id = queue.enqueue_archive_session(ps.id, options, after=after).id
     db.session.commit()
+
+
+AUTO_ARCHIVE_CODES = {4: "none", 5: "append"}
+
+
+def auto_archive(ps: PrearchiveSession, after=None) -> str | None:
+    """Archive a freshly built session when its project (prearchive code 4 or 5)
+    or the data (AA:true, auto-archive=true) asks for it.
+
+    Returns why it was not archived, or None. A session that cannot be
+    archived (it exists already under code 4, a date differs) stays READY in
+    the prearchive with the reason, as XNAT does.
+    """
+    from workers.archiving import ArchiveRefused
+
+    project = db.session.scalar(select(Project).filter_by(label=ps.project)) \
+        if ps.project else None
+    record = load_record(ps)
+    flags = record.get("flags") or {}
+    code = project.prearchive_code if project else 0
+    wanted = flags.get("auto_archive")
+    if wanted is None:
+        wanted = code in AUTO_ARCHIVE_CODES
+    if not wanted:
+        return None
+    reason = None
+    if flags.get("date_mismatch"):
+        reason = "the session date given differs from the one in the headers"
+    else:
+        try:
+            request_archive(ps, {"overwrite": AUTO_ARCHIVE_CODES.get(code, "none")},
+                            after=after)
+            return None
+        except (ArchiveRefused, Busy) as exc:
+            reason = str(exc)
+    db.session.rollback()
+    message = f"Not archived automatically: {reason}"
+    record["message"] = message
+    log(record, message)
+    save_record(record)
+    ps.message = message
+    db.session.commit()
+    return message
 
 
 def request_delete(ps: PrearchiveSession) -> None:

@@ -82,8 +82,11 @@ def enqueue_build_session(prearchive_id: int):
     return _enqueue("workers.building.build_session", prearchive_id)
 
 
-def enqueue_archive_session(prearchive_id: int, options: dict | None = None):
-    return _enqueue("workers.archiving.archive_session", prearchive_id, options or {})
+def enqueue_archive_session(prearchive_id: int, options: dict | None = None, after=None):
+    """Queue the archive job; `after` is a job it waits for (allowed to fail)."""
+    depends = Dependency(jobs=[after], allow_failure=True) if after is not None else None
+    return _enqueue("workers.archiving.archive_session", prearchive_id, options or {},
+                    depends_on=depends)
 
 
 def enqueue_delete_prearchive(prearchive_id: int):

@@ -19,9 +19,12 @@ from sqlalchemy import select
 
 from imaging import storage
 from imaging.snapshot import make_snapshot
-from models import READY, PrearchiveSession, db
+from models import QUEUED_ARCHIVING, READY, PrearchiveSession, db
 from workers import prearchive
 from workers.context import app_job
+
+# An auto-archive job waits for the snapshots (it depends on this job).
+WAITING = (READY, QUEUED_ARCHIVING)
 
 RESOURCE = "SNAPSHOTS"
 SNAPSHOT, THUMBNAIL = "snapshot.png", "thumbnail.png"
@@ -37,7 +40,7 @@ def snapshot_path(scan_dir: Path, kind: str = SNAPSHOT) -> Path:
 def make_session_snapshots(prearchive_id: int) -> int:
     """Job: make the snapshots of a READY prearchive session's scans; return how many."""
     ps = db.session.get(PrearchiveSession, prearchive_id)
-    if ps is None or ps.status != READY:
+    if ps is None or ps.status not in WAITING:
         return 0
     record = prearchive.load_record(ps)
     base = prearchive.session_dir(ps)
@@ -68,7 +71,7 @@ def _install(prearchive_id: int, drawn: dict[str, Path | None]) -> int:
                            .with_for_update())
     installed = 0
     try:
-        if ps is None or ps.status != READY:
+        if ps is None or ps.status not in WAITING:
             return 0
         base = prearchive.session_dir(ps)
         for scan_id, folder in drawn.items():
