@@ -16,7 +16,7 @@ from models import (
     Upload,
     db,
 )
-from workers import prearchive
+from workers import prearchive, prearchive_tools
 from workers.archiving import ArchiveRefused
 
 bp = Blueprint("prearchive", __name__, url_prefix="/prearchive")
@@ -45,6 +45,13 @@ def detail(prearchive_id):
     return _detail_page(ps)
 
 
+def _merge_candidates(ps: PrearchiveSession) -> list[PrearchiveSession]:
+    """Other sessions of the project that this one could be merged into, same study first."""
+    rows = db.session.scalars(select(PrearchiveSession).where(
+        PrearchiveSession.project_key == ps.project_key, PrearchiveSession.id != ps.id)).all()
+    return sorted(rows, key=lambda r: (r.study_uid != ps.study_uid, r.relpath))
+
+
 def _detail_page(ps: PrearchiveSession, code: int = 200):
     record = prearchive.load_record(ps)
     upload = db.session.get(Upload, ps.upload_id) if ps.upload_id else None
@@ -52,7 +59,7 @@ def _detail_page(ps: PrearchiveSession, code: int = 200):
         "prearchive/detail.html", ps=ps, record=record,
         projects=access.visible_projects(access.EDIT),
         report=report_with_links(upload) if upload else None,
-        archived_sessions=_archived_sessions(ps.project),
+        archived_sessions=_archived_sessions(ps.project), merge_into=_merge_candidates(ps),
         busy=ps.status in TRANSIENT_STATUSES), code
 
 
@@ -68,7 +75,7 @@ def _archived_sessions(project_label: str | None) -> list[tuple[str, str]]:
 
 @bp.post("/<int:prearchive_id>/labels")
 def edit_labels(prearchive_id):
-    """Change the project, subject and session labels of a prearchive session."""
+    """Change the subject and session labels; a new project queues a move."""
     ps = access.get_prearchive_session(prearchive_id, access.EDIT)
     try:
         project = (request.form.get("project") or "").strip() or None
@@ -80,13 +87,50 @@ def edit_labels(prearchive_id):
         session = _label(request.form.get("session"), "Session label")
         prearchive.check_idle(ps, "edited")
         old = (ps.project, ps.subject, ps.session)
-        prearchive.update_labels(ps, project=project, subject=subject, session=session)
+        prearchive.update_labels(ps, subject=subject, session=session)
+        if project != ps.project:
+            prearchive_tools.request_move(ps, project)
     except (LabelError, prearchive.Busy, FileExistsError) as exc:
         return _refuse(ps, str(exc), 409 if not isinstance(exc, LabelError) else 400)
-    audit.record("move" if old[0] != project else "label_edit", project=project or old[0],
-                 target=ps.relpath, old=list(old), new=[project, subject, session])
+    if old[1:] != (subject, session):
+        audit.record("label_edit", project=old[0], target=ps.relpath, old=list(old[1:]),
+                     new=[subject, session])
+    if old[0] != project:
+        audit.record("move", project=project or old[0], target=ps.relpath, old=old[0],
+                     new=project)
     db.session.commit()
-    flash("Labels saved.", "info")
+    flash("Labels saved." if old[0] == project else "Labels saved; moving the session.",
+          "info")
+    return redirect(url_for(".detail", prearchive_id=ps.id), code=303)
+
+
+@bp.post("/<int:prearchive_id>/merge")
+def merge(prearchive_id):
+    """Merge this session into another of the same project (two partial uploads)."""
+    ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    into = request.form.get("into", type=int)
+    target = access.get_prearchive_session(into, access.EDIT) if into else None
+    if target is None:
+        return _refuse(ps, "Choose the session to merge into.", 400)
+    try:
+        prearchive_tools.request_merge(ps, target)
+    except prearchive.Busy as exc:
+        return _refuse(ps, str(exc), 409)
+    audit.record("move", project=ps.project, target=ps.relpath, merged_into=target.relpath)
+    db.session.commit()
+    flash(f"Merging into {target.relpath}.", "info")
+    return redirect(url_for(".detail", prearchive_id=target.id), code=303)
+
+
+@bp.post("/<int:prearchive_id>/reset")
+def reset(prearchive_id):
+    """Put a session stuck in a transient status back to READY (no job may hold it)."""
+    ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    try:
+        prearchive_tools.reset_session(ps)
+    except prearchive.Busy as exc:
+        return _refuse(ps, str(exc), 409)
+    flash("Session reset.", "info")
     return redirect(url_for(".detail", prearchive_id=ps.id), code=303)
 
 

@@ -61,6 +61,9 @@ ROUTES = {
     "prearchive.confirm_delete": ("GET", "/prearchive/{ps_member}/delete", EDITORS, 404,
                                   None),
     "prearchive.delete": ("POST", "/prearchive/{delete_role}/delete", EDITORS, 404, {}),
+    "prearchive.merge": ("POST", "/prearchive/{merge_role}/merge", EDITORS, 404,
+                         {"into": "{ps_member}"}),
+    "prearchive.reset": ("POST", "/prearchive/{ps_member}/reset", EDITORS, 404, {}),
     "api.upload_status": ("GET", "/api/uploads/{upload}", EDITORS, 404, None),
     "api.subjects": ("GET", "/api/projects/p1/subjects", READERS, None, None),
     "auth.login": ("GET", "/login", ROLES, None, None),
@@ -132,7 +135,7 @@ def test_every_route_has_a_rule(shared_app):
 
 # Each role gets its own target for the routes that change or remove it, so
 # that one role's success does not change what the next role finds.
-PREARCHIVE_TARGETS = ("ps", "label", "archive", "delete")
+PREARCHIVE_TARGETS = ("ps", "label", "archive", "delete", "merge")
 ARCHIVE_TARGETS = ("A", "D", "R")
 
 
@@ -268,7 +271,7 @@ def test_route_answers_each_role_as_its_rule_says(shared_app, world, endpoint):
             assert login(client, role).status_code == 303, role
         url = _url(template, role, world)
         if isinstance(data, dict):
-            form = {k: v.format(role=role) for k, v in data.items()}
+            form = {k: v.format(role=role, **world) for k, v in data.items()}
         else:
             form = data
         res = _request(client, method, url, form, role)

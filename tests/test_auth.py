@@ -228,6 +228,7 @@ def test_the_audit_log_records_each_kind_of_event(app, client, run_jobs, make_pr
                                                      "session": "E1"})
     client.post(f"/prearchive/{second}/labels", data={"project": "p2", "subject": "S",
                                                       "session": "E2"})
+    run_jobs()
     client.post(f"/prearchive/{first}/archive")
     client.post(f"/prearchive/{second}/delete")
     run_jobs()

@@ -144,6 +144,7 @@ def test_labels_can_be_edited_and_deleting_removes_the_session(app, client, run_
     res = client.post(f"/prearchive/{ps_id}/labels",
                       data={"project": "other", "subject": "S01", "session": "S01_MR1"})
     assert res.status_code == 303
+    run_jobs()  # the move to the other project's prearchive is a job
     with app.app_context():
         ps = db.session.get(PrearchiveSession, ps_id)
         assert (ps.project, ps.subject, ps.session) == ("other", "S01", "S01_MR1")

@@ -120,24 +120,11 @@ def log(record: dict, message: str) -> None:
     record.setdefault("log", []).append({"time": utcnow().isoformat(), "message": message})
 
 
-def update_labels(ps: PrearchiveSession, *, project, subject, session) -> None:
-    """Change a session's project, subject and session labels, on disk and in the index.
-
-    A change of project moves the folder to the other project's prearchive
-    (a rename) and the record with it.
-    """
+def update_labels(ps: PrearchiveSession, *, subject, session) -> None:
+    """Change a session's subject and session labels, in its record and index."""
     record = load_record(ps)
-    old_dir, old_json = session_dir(ps), record_path(ps)
-    if project != ps.project:
-        new_dir = storage.prearchive_session_dir(data_dir(), project, ps.timestamp, ps.folder)
-        if new_dir.exists():
-            raise FileExistsError(
-                f"The prearchive of {project or 'unassigned'} already holds "
-                f"{ps.timestamp}/{ps.folder}.")
-        storage.move_into(old_dir, new_dir)
-        storage.remove_empty_parents(old_dir.parent, storage.prearchive_root(data_dir()))
     changes = []
-    for key, value in (("project", project), ("subject", subject), ("session", session)):
+    for key, value in (("subject", subject), ("session", session)):
         if record.get(key) != value:
             changes.append(f"{key} {record.get(key)!r} -> {value!r}")
             record[key] = value
@@ -145,10 +132,43 @@ def update_labels(ps: PrearchiveSession, *, project, subject, session) -> None:
     if changes:
         log(record, "labels changed: " + ", ".join(changes))
     save_record(record)
-    if project != ps.project:
-        old_json.unlink(missing_ok=True)
-        storage.remove_empty_parents(old_json.parent, storage.prearchive_root(data_dir()))
     index_record(record, ps)
+
+
+def move_to_project(ps: PrearchiveSession, project: str | None) -> None:
+    """Move a session's folder and record to another project's prearchive.
+
+    Crash-safe in this order: the record is written at the new place, the
+    folder renamed, the row pointed at the new place (commit), and only then
+    the old record removed. Running it again after a crash finishes the move.
+    """
+    if ps.project == project:
+        return
+    root = storage.prearchive_root(data_dir())
+    old_dir, old_json = session_dir(ps), record_path(ps)
+    new_dir = storage.prearchive_session_dir(data_dir(), project, ps.timestamp, ps.folder)
+    if old_dir.exists() and new_dir.exists():
+        raise FileExistsError(f"The prearchive of {project or 'unassigned'} already holds "
+                              f"{ps.timestamp}/{ps.folder}.")
+    record = storage.read_json(old_json) or load_record_at(project, ps)
+    log(record, f"moved from project {ps.project or 'unassigned'} to "
+                f"{project or 'unassigned'}")
+    record.update(project=project, last_modified=utcnow().isoformat())
+    record.pop("moving_to", None)
+    save_record(record)
+    if old_dir.exists():
+        storage.move_into(old_dir, new_dir)
+        storage.remove_empty_parents(old_dir.parent, root)
+    index_record(record, ps)
+    db.session.commit()
+    old_json.unlink(missing_ok=True)
+    storage.remove_empty_parents(old_json.parent, root)
+
+
+def load_record_at(project: str | None, ps: PrearchiveSession) -> dict:
+    """Return the session's record as written at `project`'s place."""
+    return storage.read_json(storage.prearchive_json(data_dir(), project, ps.timestamp,
+                                                     ps.folder)) or load_record(ps)
 
 
 def delete_files(ps: PrearchiveSession) -> None:

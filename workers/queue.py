@@ -89,6 +89,11 @@ def enqueue_archive_session(prearchive_id: int, options: dict | None = None, aft
                     depends_on=depends)
 
 
+def enqueue_prearchive_tool(job: str, *args):
+    """Queue one of the prearchive's tools (workers/prearchive_tools.py) by name."""
+    return _enqueue(f"workers.prearchive_tools.{job}", *args)
+
+
 def enqueue_delete_prearchive(prearchive_id: int):
     return _enqueue("workers.prearchive.delete_prearchive_session", prearchive_id)
 

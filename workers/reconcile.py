@@ -18,16 +18,18 @@ from models import (
     ARCHIVING,
     BUILDING,
     DELETING,
+    MOVING,
     QUEUED_ARCHIVING,
     QUEUED_BUILDING,
     QUEUED_DELETING,
+    QUEUED_MOVING,
     UPLOAD_ACTIVE,
     PrearchiveSession,
     Upload,
     db,
     utcnow,
 )
-from workers import queue
+from workers import prearchive_tools, queue
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +68,14 @@ def reconcile(now: dt.datetime | None = None) -> list[str]:
             _requeue_upload(upload)
             done.append(f"upload {upload.id}")
     rows = db.session.scalars(select(PrearchiveSession).where(
-        PrearchiveSession.status.in_(list(_REQUEUE))))
+        PrearchiveSession.status.in_([*_REQUEUE, QUEUED_MOVING, MOVING])))
     for ps in rows:
         if now - ps.last_modified < GRACE or job_alive(ps.job_id):
             continue
-        job = _REQUEUE[ps.status](ps.id)
+        job = prearchive_tools.requeue(ps) if ps.status in (QUEUED_MOVING, MOVING) \
+            else _REQUEUE[ps.status](ps.id)
+        if job is None:
+            continue
         ps.job_id = job.id
         done.append(f"prearchive session {ps.relpath} ({ps.status})")
     db.session.commit()
