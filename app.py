@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DataError, _bad_value)
+    app.register_error_handler(OSError, _storage_error)
     app.jinja_env.filters["filesize"] = filesize
     return app
 
@@ -180,6 +182,20 @@ def _bad_value(err: DataError):
 
     db.session.rollback()
     return _http_error(BadRequest("A value in the request is not acceptable."))
+
+
+class InsufficientStorage(HTTPException):
+    code = 507
+    description = "The server has no space left to store this; nothing of it was kept."
+
+
+def _storage_error(err: OSError):
+    """A full disk while a request stores its body: 507, and the partial body
+    goes (the request's teardown removes what it had written)."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        raise err
+    db.session.rollback()
+    return _http_error(InsufficientStorage())
 
 
 def filesize(n: int | None) -> str:

@@ -40,6 +40,7 @@ from models import (
 )
 from workers import anonymization, merging, prearchive, resources, snapshots
 from workers.context import app_job
+from workers.faults import crash_point
 
 
 class ArchiveRefused(Exception):
@@ -221,6 +222,7 @@ def _move_and_index(ps: PrearchiveSession, record: dict, target: dict) -> str:
                                      "already exists on disk.")
             storage.move_into(src, dst)
             storage.fsync_dir(dst.parent)
+            crash_point("archive")
         elif not dst.exists():
             raise RuntimeError(f"Neither {src} nor {dst} exists.")
         if db.session.get(PrearchiveSession, ps.id) is not None:

@@ -34,6 +34,7 @@ from models import (
 )
 from workers import anonymization, ingest_formats, prearchive, queue
 from workers.context import app_job
+from workers.faults import crash_point
 
 MAX_LISTED_QUARANTINE = 1000
 
@@ -138,6 +139,7 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
     members = [Member(*saved["members"][i]) for i in indexes]
     results = []
     for member, path in _unpacked(upload, saved["kind"], members, files):
+        crash_point("read_batch")
         results.append(ingest_formats.read_member(member.name, path))
     storage.write_json_atomic(out, results)
     db.session.execute(update(Upload).where(Upload.id == upload_id)
@@ -195,6 +197,7 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
 
     for _record, moves in sessions:
         _move_files(moves, source_of, report)
+        crash_point("finish_upload")
     _quarantine_files(upload, report, source_of)
     rows = []
     for record, _moves in sessions:

@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from imaging import labels, storage
 from models import File, ImagingSession, Resource, Scan, db
+from workers.faults import crash_point
 
 
 class ArchiveConflict(Exception):
@@ -150,6 +151,7 @@ def move_appended(src: Path, dst: Path, record: dict, plan: dict) -> None:
                 b.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(a, b)
                 dirs.add(b.parent)
+                crash_point("append")
     for d in dirs:
         storage.fsync_dir(d)
 

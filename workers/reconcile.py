@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 
 from flask import current_app
+from rq import Worker
+from rq.registry import StartedJobRegistry
 from sqlalchemy import select
 
 from imaging import storage
@@ -45,6 +49,44 @@ _REQUEUE = {
 }
 
 
+def worker_alive(name: str | None) -> bool:
+    """True unless the worker is gone from Redis or, on this machine, its
+    process is dead (a worker killed outright leaves its key for minutes)."""
+    if not name:
+        return False
+    worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name,
+                                connection=queue.get_redis())
+    if worker is None:
+        return False
+    if worker.hostname == socket.gethostname() and worker.pid:
+        try:
+            os.kill(worker.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
+
+
+def requeue_orphans() -> list[str]:
+    """Queue again the jobs that were running in a worker that died.
+
+    RQ would notice only when their timeout expires (hours for a big upload);
+    the same job is queued again, so what depends on it still waits for it.
+    """
+    q = queue.get_queue()
+    done = []
+    for job_id in StartedJobRegistry(queue=q).get_job_ids():
+        job = queue.fetch_job(job_id)
+        if job is None or getattr(job.get_status(), "value", None) != "started":
+            continue
+        if worker_alive(job.worker_name):
+            continue
+        q.enqueue_job(job, at_front=True)
+        done.append(f"job {job_id} of a dead worker")
+    return done
+
+
 def job_alive(job_id: str | None) -> bool:
     """True when Redis holds the job and it is waiting, running or retrying."""
     if not job_id:
@@ -54,13 +96,15 @@ def job_alive(job_id: str | None) -> bool:
         return False
     status = job.get_status(refresh=False)
     status = getattr(status, "value", status)
+    if status == "started":
+        return worker_alive(job.worker_name)
     return status in _ALIVE
 
 
 def reconcile(now: dt.datetime | None = None) -> list[str]:
     """Re-queue lost work; return one line per job queued again."""
     now = now or utcnow()
-    done = []
+    done = requeue_orphans()
     for upload in db.session.scalars(select(Upload).where(Upload.status.in_(UPLOAD_ACTIVE))):
         if now - upload.created < GRACE:
             continue
