@@ -15,7 +15,7 @@ from flask_migrate import Migrate
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -81,6 +81,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DataError, _bad_value)
     app.register_error_handler(OSError, _storage_error)
+    app.register_error_handler(OperationalError, _database_down)
+    app.register_error_handler(InterfaceError, _database_down)
     app.jinja_env.filters["filesize"] = filesize
     return app
 
@@ -182,6 +184,26 @@ def _bad_value(err: DataError):
 
     db.session.rollback()
     return _http_error(BadRequest("A value in the request is not acceptable."))
+
+
+def _database_down(err):
+    """The database went away for a moment: say so (503); the pool reconnects
+    (pre-ping) on the next request."""
+    current_app.logger.warning("database unreachable: %s", err)
+    try:
+        db.session.rollback()
+    except Exception:  # the connection is gone; nothing to roll back
+        pass
+    db.session.remove()
+    message = ("The database cannot be reached at the moment; nothing was changed. Try "
+               "again shortly.")
+    from blueprints import wants_json
+
+    if wants_json():
+        return {"error": message, "status": 503}, 503
+    # Not the site's template: drawing its menu would ask the database again.
+    return (f"<!doctype html><title>503 Service Unavailable</title>"
+            f"<h1>Service Unavailable</h1><p>{message}</p>", 503)
 
 
 class InsufficientStorage(HTTPException):
