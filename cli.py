@@ -7,7 +7,7 @@ from flask_migrate import upgrade
 
 
 def register(app: Flask) -> None:
-    for command in (init_db, worker, serve, reconcile_command):
+    for command in (init_db, worker, serve, reconcile_command, scp):
         app.cli.add_command(command)
 
 
@@ -52,3 +52,15 @@ def serve(host, port, worker_count, web_workers, no_scp):
 
     Supervisor(current_app._get_current_object(), host=host, port=port,
                worker_count=worker_count, web_workers=web_workers, scp=not no_scp).run()
+
+
+@click.command("scp")
+@click.option("--host", default="0.0.0.0", envvar="SCANYARD_SCP_HOST", show_default=True,
+              help="Address to listen on.")
+@click.option("--port", type=int, default=None, help="Port (default SCANYARD_SCP_PORT, 8104).")
+def scp(host, port):
+    """Run the DICOM receiver (C-STORE and C-ECHO SCP)."""
+    from workers.scp import run_scp
+
+    run_scp(current_app._get_current_object(), host,
+            current_app.config["SCP_PORT"] if port is None else port)
