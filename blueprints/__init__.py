@@ -5,9 +5,9 @@ from flask import Flask, request
 
 
 def register_blueprints(app: Flask) -> None:
-    from blueprints import api, archive, prearchive, upload
+    from blueprints import api, archive, dicom, prearchive, upload
 
-    for module in (archive, upload, prearchive, api):
+    for module in (archive, upload, prearchive, api, dicom):
         app.register_blueprint(module.bp)
 
 
