@@ -22,6 +22,7 @@ from models import DicomAssociation, PrearchiveSession, Receiver, RoutingRule, d
 from tests.dicomgen import make_series, make_study, write_files
 from tests.scpnet import echo, needs_storescu, send, storescu
 from workers import prearchive, receiving
+from workers import scp as scp_module
 from workers.building import session_files
 from workers.scp import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, StoreSCP
 
@@ -85,6 +86,7 @@ def test_multi_series_study_in_one_association_becomes_one_ready_session_with_it
         assert (log.calling_ae, log.called_ae, log.instances, log.outcome) == (
             "TESTSCU", "SCANYARD", 12, "released")
         assert log.bytes > 12 * 1000 and log.ended is not None
+    assert scp_module._streams == [0]  # the ended association no longer polls fast
 
 
 @needs_storescu

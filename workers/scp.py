@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import threading
 import time
@@ -49,6 +50,8 @@ MAX_ASSOCIATIONS = 32
 # pynetdicom waits for work by sleeping 1 ms at a time (see _ReactorClock).
 HOT_POLL = 0.0001
 HOT_FOR = 0.05
+# More streaming associations than this keep the CPU busy without it.
+HOT_MAX_STREAMS = max(1, (os.cpu_count() or 2) // 2)
 
 
 @dataclass
@@ -66,6 +69,9 @@ class Peer:
     failures: int = 0
     outcome: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    hot_until: float = 0.0
+    streaming: bool = False
+    dul: object = None
 
 
 class StoreSCP:
@@ -166,7 +172,7 @@ class StoreSCP:
         peer = self._peers.get(event.assoc)
         data = b""
         try:
-            _quicken(event.assoc)
+            _quicken(peer, event.assoc)
             request = event.request
             meta = dicomio.file_meta_bytes(
                 request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
@@ -218,6 +224,7 @@ class StoreSCP:
     def _on_closed(self, event) -> None:
         peer = self._peers.pop(event.assoc, None)
         if peer is not None:
+            _cool(peer)
             self._log_end(peer)
 
     def _log_start(self, peer: Peer) -> None:
@@ -287,7 +294,10 @@ class _ReactorClock:
     reply: with a sender that waits for each response, that adds one to two
     milliseconds to every instance. While a sender is streaming (an
     instance within the last HOT_FOR seconds), both poll every HOT_POLL
-    seconds instead; an idle association sleeps as pynetdicom intends.
+    seconds instead, unless more than HOT_MAX_STREAMS associations stream
+    at once: then the others' work fills the pauses, and the extra polling
+    would only take the CPU from them. An idle association sleeps as
+    pynetdicom intends.
     """
 
     def __init__(self, real):
@@ -297,12 +307,12 @@ class _ReactorClock:
         return getattr(self._real, name)
 
     def sleep(self, seconds: float) -> None:
-        if seconds == 0.001:
-            if getattr(_hot, "until", 0.0) > self._real.monotonic():
+        peer = getattr(_hot, "peer", None)
+        if seconds == 0.001 and peer is not None and peer.streaming:
+            if peer.hot_until <= self._real.monotonic():
+                _cool(peer)
+            elif _streams[0] <= HOT_MAX_STREAMS:
                 seconds = HOT_POLL
-            elif getattr(_hot, "dul", None) is not None:
-                _hot.dul._run_loop_delay = 0.001
-                _hot.dul = None
         self._real.sleep(seconds)
 
 
@@ -313,12 +323,28 @@ def _install_reactor_clock() -> None:
         association.time = _ReactorClock(time)
 
 
-def _quicken(assoc) -> None:
-    """Mark this association as streaming (runs in its reactor thread)."""
-    _hot.until = time.monotonic() + HOT_FOR
-    if getattr(_hot, "dul", None) is None:
-        _hot.dul = assoc.dul
-        assoc.dul._run_loop_delay = HOT_POLL
+_streams = [0]  # associations streaming now
+_streams_lock = threading.Lock()
+
+
+def _quicken(peer: Peer, assoc) -> None:
+    """Mark the association as streaming (runs in its reactor thread)."""
+    _hot.peer = peer
+    peer.hot_until = time.monotonic() + HOT_FOR
+    if not peer.streaming:
+        with _streams_lock:
+            peer.streaming, peer.dul = True, assoc.dul
+            _streams[0] += 1
+    assoc.dul._run_loop_delay = HOT_POLL if _streams[0] <= HOT_MAX_STREAMS else 0.001
+
+
+def _cool(peer: Peer) -> None:
+    """The association stopped streaming, or ended: poll as pynetdicom does."""
+    with _streams_lock:
+        if peer.streaming:
+            peer.streaming = False
+            peer.dul._run_loop_delay = 0.001
+            _streams[0] -= 1
 
 
 def run_scp(app: Flask, host: str, port: int) -> None:
