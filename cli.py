@@ -8,7 +8,7 @@ from flask_migrate import upgrade
 
 
 def register(app: Flask) -> None:
-    for command in (init_db, create_user, worker, serve, reconcile_command, verify):
+    for command in (init_db, create_user, worker, serve, reconcile_command, verify, scp):
         app.cli.add_command(command)
 
 
@@ -106,3 +106,16 @@ def verify(no_hashes):
     if count:
         raise click.ClickException(f"{count} difference(s) between the database and the disk.")
     click.echo("The database and the disk agree.")
+
+
+@click.command("scp")
+@with_appcontext
+@click.option("--host", default="0.0.0.0", envvar="SCANYARD_SCP_HOST", show_default=True,
+              help="Address to listen on.")
+@click.option("--port", type=int, default=None, help="Port (default SCANYARD_SCP_PORT, 8104).")
+def scp(host, port):
+    """Run the DICOM receiver (C-STORE and C-ECHO SCP)."""
+    from workers.scp import run_scp
+
+    run_scp(current_app._get_current_object(), host,
+            current_app.config["SCP_PORT"] if port is None else port)

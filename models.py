@@ -332,3 +332,44 @@ class AnonymizationScript(db.Model):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class Receiver(db.Model):
+    """A called AE title of the DICOM receiver, and the project it files into."""
+
+    __tablename__ = "receiver"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    # a project label; None routes by rules, comments and header defaults
+    project: Mapped[str | None] = mapped_column(String(64))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # calling AE titles, host names, addresses or networks; one per line; empty: anyone
+    allowed: Mapped[str] = mapped_column(Text, default="")
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RoutingRule(db.Model):
+    """A custom rule ``(gggg,eeee):regex[:group]`` giving a project, subject or session."""
+
+    __tablename__ = "routing_rule"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    field: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class DicomAssociation(db.Model):
+    """Log of one association to the DICOM receiver (accepted or rejected)."""
+
+    __tablename__ = "dicom_association"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    host: Mapped[str] = mapped_column(String(64), default="")
+    called_ae: Mapped[str] = mapped_column(String(16), default="")
+    started: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    ended: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str] = mapped_column(Text, default="")

@@ -13,6 +13,7 @@ def register_blueprints(app: Flask) -> None:
         attention,
         audit,
         auth,
+        dicom,
         headers,
         members,
         prearchive,
@@ -22,7 +23,7 @@ def register_blueprints(app: Flask) -> None:
 
     auth.init_app(app)
     for module in (auth, archive, members, upload, prearchive, api, admin, audit, resources,
-                   anonymization, headers, attention):
+                   anonymization, headers, attention, dicom):
         app.register_blueprint(module.bp)
 
 

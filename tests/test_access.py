@@ -106,6 +106,21 @@ ROUTES = {
     "headers.archive_snapshot": ("GET", "/projects/p1/sessions/A_member/scans/1/snapshot.png",
                                  READERS, None, None),
     "anonymization.site_script": ("GET", "/admin/anonymization", ADMINS, 403, None),
+    "dicom.receivers": ("GET", "/admin/dicom/", ADMINS, 403, None),
+    "dicom.new_receiver": ("GET", "/admin/dicom/receivers/new", ADMINS, 403, None),
+    "dicom.edit_receiver": ("POST", "/admin/dicom/receivers/{receiver_edit}", ADMINS, 403,
+                            {"ae_title": "EDITED", "enabled": "1"}),
+    "dicom.confirm_delete_receiver": ("GET", "/admin/dicom/receivers/{receiver_delete}/delete",
+                                      ADMINS, 403, None),
+    "dicom.delete_receiver": ("POST", "/admin/dicom/receivers/{receiver_delete}/delete",
+                              ADMINS, 403, {}),
+    "dicom.rules": ("GET", "/admin/dicom/rules", ADMINS, 403, None),
+    "dicom.add_rule": ("POST", "/admin/dicom/rules", ADMINS, 403,
+                       {"field": "subject", "rule": "(0010,0020):(.*)"}),
+    "dicom.edit_rule": ("POST", "/admin/dicom/rules/{rule_edit}", ADMINS, 403,
+                        {"field": "subject", "rule": "(0010,0010):(.*)"}),
+    "dicom.delete_rule": ("POST", "/admin/dicom/rules/{rule_delete}/delete", ADMINS, 403, {}),
+    "dicom.associations": ("GET", "/admin/dicom/associations", ADMINS, 403, None),
     "anonymization.project_script": ("GET", "/projects/p1/anonymization", OWNERS, 403, None),
     "resources.upload": ("POST", "/projects/p1/resources", EDITORS, 403, "resource"),
     "resources.download": ("GET", "/projects/p1/resources/NOTES/files/a.txt", READERS, None,
@@ -197,6 +212,15 @@ def world(shared_app):
             db.session.add(ApiToken(user_id=user.id, name="t", token_hash=f"h-{role}"))
         db.session.commit()
         ids["upload"] = upload.id
+        from models import Receiver, RoutingRule
+
+        for key in ("edit", "delete"):
+            receiver = Receiver(ae_title=key.upper())
+            rule = RoutingRule(field="session", rule="(0020,0010):(.*)")
+            db.session.add_all([receiver, rule])
+            db.session.flush()
+            ids[f"receiver_{key}"], ids[f"rule_{key}"] = receiver.id, rule.id
+        db.session.commit()
         ids["file_a"] = db.session.scalar(
             select(File.path).join(Resource).join(ImagingSession,
                                                   ImagingSession.id == Resource.session_id)

@@ -35,6 +35,9 @@ from models import (
 from workers import anonymization, ingest_formats, prearchive, queue
 from workers.context import app_job
 from workers.faults import crash_point
+from workers.scans import Report, study_summary
+from workers.scans import move_files as _move_files
+from workers.scans import plan_scans as _plan_scans
 
 MAX_LISTED_QUARANTINE = 1000
 
@@ -259,19 +262,6 @@ def _apply_site_script(sessions, source_of, report: Report):
     return kept
 
 
-class Report:
-    """What happened to each file of an upload; the counts add up to the files in it."""
-
-    def __init__(self):
-        self.stored = 0
-        self.duplicates = 0
-        self.quarantined: list[dict] = []
-        self.messages: list[str] = []
-
-    def quarantine(self, name: str, reason: str) -> None:
-        self.quarantined.append({"name": name, "reason": reason})
-
-
 def _batch_results(root: Path, batch_count: int) -> tuple[list[dict], list[int]]:
     read, failed = [], []
     for n in range(batch_count):
@@ -330,12 +320,7 @@ def plan_sessions(upload: Upload, good, timestamp: str, report: Report):
             project, timestamp, folder, source=upload.source, subject=ident.subject,
             session=folder, study_uid=study_uid, upload_id=upload.id)
         record["scan_date"] = first.study_date.isoformat() if first.study_date else None
-        record["study"] = {
-            "study_description": first.study_description, "accession": first.accession_number,
-            "patient_name": first.patient_name, "patient_id": first.patient_id,
-            "scanner": " ".join(x for x in (first.manufacturer, first.model) if x) or None,
-            "modality": first.modality,
-        }
+        record["study"] = study_summary(first)
         wanted = upload.params.get("auto_archive")
         record["flags"] = {"auto_archive": ident.auto_archive if wanted is None else wanted}
         _check_date(upload, record, first, report)
@@ -376,81 +361,6 @@ def _check_date(upload: Upload, record: dict, first, report: Report) -> None:
         record["flags"]["date_mismatch"] = True
         prearchive.log(record, text)
     record["scan_date"] = given
-
-
-def _plan_scans(items, target: Path, report: Report):
-    by_series: dict[str, list] = {}
-    for name, info in items:
-        by_series.setdefault(info.series_uid, []).append((name, info))
-    taken: set[str] = set()
-    scans, moves = [], []
-    ordered = sorted(by_series.items(), key=lambda kv: _series_key(kv[1][0][1]))
-    for series_uid, series in ordered:
-        first = series[0][1]
-        scan_id = labels.unique_scan_id(labels.scan_id_from_header(first.series_number), taken)
-        taken.add(scan_id)
-        scan = {"id": scan_id, "series_uid": series_uid, **first.scan_fields(), "files": []}
-        seen: dict[str, str] = {}
-        names: set[str] = set()
-        for name, info in sorted(series, key=lambda x: (x[1].instance_number or 0, x[0])):
-            if _is_duplicate(info, seen, name, report):
-                continue
-            filename = labels.instance_filename(info.sop_uid, info.file_sha256)
-            if filename in names:
-                filename = labels.instance_filename(None, info.file_sha256)
-            names.add(filename)
-            scan["files"].append(_file_entry(filename, info))
-            moves.append((name, target / "SCANS" / scan_id / "DICOM" / filename))
-        scans.append(scan)
-    return scans, moves
-
-
-def _series_key(info):
-    try:
-        return (int(info.series_number), info.series_uid)
-    except (TypeError, ValueError):
-        return (10**9, info.series_uid)
-
-
-def _is_duplicate(info, seen: dict, name: str, report: Report) -> bool:
-    """Same SOP Instance UID twice in one upload: the same dataset is a duplicate,
-    other content is quarantined (never silently dropped)."""
-    if not info.sop_uid:
-        return False
-    other = seen.get(info.sop_uid)
-    if other is None:
-        seen[info.sop_uid] = info.dataset_sha256
-        return False
-    if other == info.dataset_sha256:
-        report.duplicates += 1
-        return True
-    report.quarantine(name, f"another file of this upload has SOP Instance UID "
-                            f"{info.sop_uid} with different content")
-    return True
-
-
-def _file_entry(filename: str, info) -> dict:
-    return {"name": filename, "size": info.size, "sha256": info.file_sha256,
-            "dataset_sha256": info.dataset_sha256, "sop_uid": info.sop_uid,
-            "sop_class_uid": info.sop_class_uid, "transfer_syntax": info.transfer_syntax,
-            "instance_number": info.instance_number}
-
-
-def _move_files(moves, source_of, report: Report) -> None:
-    """Rename each file into its prearchive folder; a second run skips what is done."""
-    dirs = set()
-    for name, target in moves:
-        src = source_of(name)
-        if target.exists() and not src.exists():
-            report.stored += 1
-            continue
-        if target.parent not in dirs:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            dirs.add(target.parent)
-        os.replace(src, target)
-        report.stored += 1
-    for d in dirs:
-        storage.fsync_dir(d)
 
 
 def _quarantine_files(upload: Upload, report: Report, source_of) -> None:

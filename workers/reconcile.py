@@ -34,6 +34,7 @@ from models import (
     utcnow,
 )
 from workers import prearchive_tools, queue
+from workers.receiving import build_idle_sessions
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ def reconcile(now: dt.datetime | None = None) -> list[str]:
         ps.job_id = job.id
         done.append(f"prearchive session {ps.relpath} ({ps.status})")
     db.session.commit()
+    # The receiver queues these itself; this covers a receiver that stopped.
+    for prearchive_id in build_idle_sessions(current_app.config["SESSION_IDLE_SECONDS"], now):
+        done.append(f"build of quiet received session {prearchive_id}")
     storage.empty_trash(current_app.config["DATA_DIR"])
     for line in done:
         log.warning("re-queued %s", line)

@@ -1,0 +1,305 @@
+"""The DICOM receiver, end to end: real SCUs (pynetdicom's, DCMTK's storescu)
+send over TCP on loopback to the real receiver, a real worker builds the
+sessions, and the prearchive shows them."""
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from imaging import dicomio
+from models import DicomAssociation, PrearchiveSession, Receiver, RoutingRule, db, utcnow
+from tests.dicomgen import make_series, make_study, write_files
+from tests.scpnet import echo, needs_storescu, send, storescu
+from workers import prearchive, receiving
+from workers import scp as scp_module
+from workers.building import session_files
+from workers.scp import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, StoreSCP
+
+
+@pytest.fixture
+def scp(app):
+    server = StoreSCP(app, "127.0.0.1", 0)
+    server.directory.cache_seconds = 0  # admins' changes show at once in tests
+    server.start(upkeep=False)
+    yield server
+    server.stop()
+
+
+def settle(app, scp, run_jobs):
+    """Write the counts, queue the builds as if the idle time had passed, run them."""
+    scp.upkeep(now=utcnow() + dt.timedelta(hours=1))
+    run_jobs()
+
+
+def rows(app) -> list[PrearchiveSession]:
+    with app.app_context():
+        found = list(db.session.scalars(select(PrearchiveSession).order_by(PrearchiveSession.id)))
+        db.session.expunge_all()
+        return found
+
+
+def record_of(app, ps) -> dict:
+    with app.app_context():
+        return prearchive.load_record(db.session.get(PrearchiveSession, ps.id))
+
+
+def folder_of(app, ps) -> Path:
+    with app.app_context():
+        return prearchive.session_dir(db.session.get(PrearchiveSession, ps.id))
+
+
+def study_files(tmp_path, name="study", **kw) -> tuple[str, list[Path]]:
+    study_uid, files = make_study(**kw)
+    return study_uid, write_files(tmp_path / name, files)
+
+
+def test_multi_series_study_in_one_association_becomes_one_ready_session_with_its_scans(
+        app, scp, run_jobs, tmp_path):
+    study_uid, paths = study_files(tmp_path, series=3, per_series=4)
+    assert send(scp.port, paths) == [0] * 12
+    scp.upkeep(idle_check=False)
+    [ps] = rows(app)
+    assert (ps.status, ps.file_count, ps.source, ps.sender_ae) == (
+        "RECEIVING", 12, "scp", "TESTSCU")
+    settle(app, scp, run_jobs)
+    [ps] = rows(app)
+    assert ps.status == "READY" and ps.study_uid == study_uid
+    assert [(s["id"], s["files"]) for s in ps.scans] == [("1", 4), ("2", 4), ("3", 4)]
+    folder = folder_of(app, ps)
+    for path in paths:
+        uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        number = dcmread(path, stop_before_pixels=True).SeriesNumber
+        assert (folder / "SCANS" / str(number) / "DICOM" / f"{uid}.dcm").exists()
+    with app.app_context():
+        log = db.session.scalar(select(DicomAssociation))
+        assert (log.calling_ae, log.called_ae, log.instances, log.outcome) == (
+            "TESTSCU", "SCANYARD", 12, "released")
+        assert log.bytes > 12 * 1000 and log.ended is not None
+    assert scp_module._streams == [0]  # the ended association no longer polls fast
+
+
+@needs_storescu
+def test_storescu_sends_a_study_that_becomes_one_ready_session(app, scp, run_jobs, tmp_path):
+    _uid, paths = study_files(tmp_path, series=2, per_series=3)
+    storescu(scp.port, paths[0].parent)
+    settle(app, scp, run_jobs)
+    [ps] = rows(app)
+    assert (ps.status, ps.scan_count, ps.file_count, ps.sender_ae) == ("READY", 2, 6, "STORESCU")
+
+
+@needs_storescu
+def test_a_study_split_over_associations_and_sent_by_two_senders_at_once_is_one_session(
+        app, scp, run_jobs, tmp_path):
+    _uid, paths = study_files(tmp_path, series=2, per_series=8)
+    assert send(scp.port, paths[:5]) == [0] * 5
+    assert send(scp.port, paths[5:10], calling="OTHERSCU") == [0] * 5
+    # Now two senders at once, each with the whole study.
+    proc = storescu(scp.port, paths[0].parent, wait=False)
+    statuses = []
+    sender = threading.Thread(target=lambda: statuses.extend(send(scp.port, paths)))
+    sender.start()
+    sender.join(timeout=60)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert statuses == [0] * 16
+    settle(app, scp, run_jobs)
+    [ps] = rows(app)
+    assert (ps.status, ps.file_count) == ("READY", 16)
+    assert len(session_files(folder_of(app, ps))) == 16
+
+
+def test_the_same_instance_sent_twice_is_stored_once(app, scp, run_jobs, tmp_path):
+    _uid, paths = study_files(tmp_path, series=1, per_series=2)
+    assert send(scp.port, paths) == [0, 0]
+    assert send(scp.port, paths[:1], calling="AGAIN") == [0]
+    settle(app, scp, run_jobs)
+    [ps] = rows(app)
+    assert ps.file_count == 2 and len(session_files(folder_of(app, ps))) == 2
+    with app.app_context():
+        again = db.session.scalar(select(DicomAssociation).filter_by(calling_ae="AGAIN"))
+        assert again.instances == 0 and "1 duplicate" in again.outcome
+
+
+def test_instances_arriving_after_ready_join_the_session_again(app, scp, run_jobs, tmp_path):
+    study_uid = generate_uid()
+    first = write_files(tmp_path / "a", make_series(study_uid, 3, series_number=1))
+    later = write_files(tmp_path / "b", make_series(study_uid, 2, series_number=2))
+    send(scp.port, first)
+    settle(app, scp, run_jobs)
+    [ready] = rows(app)
+    assert ready.status == "READY"
+    send(scp.port, later)
+    scp.upkeep(idle_check=False)
+    [again] = rows(app)
+    assert (again.id, again.status, again.file_count) == (ready.id, "RECEIVING", 5)
+    settle(app, scp, run_jobs)
+    [built] = rows(app)
+    assert (built.id, built.status, built.scan_count, built.file_count) == (
+        ready.id, "READY", 2, 5)
+
+
+def test_the_called_ae_title_routes_to_its_project(app, scp, run_jobs, tmp_path, make_project):
+    make_project("study1")
+    with app.app_context():
+        db.session.add(Receiver(ae_title="STUDY1", project="study1"))
+        db.session.commit()
+    _uid, paths = study_files(tmp_path, series=1, per_series=2, study_description="other")
+    assert send(scp.port, paths, called="STUDY1") == [0, 0]
+    settle(app, scp, run_jobs)
+    [ps] = rows(app)
+    assert (ps.project, ps.subject, ps.session) == ("study1", "DOE_JOHN", "P001")
+
+
+def test_comments_route_and_ask_for_auto_archive(app, client, scp, run_jobs, tmp_path,
+                                                  make_project):
+    make_project("study2")
+    _uid, paths = study_files(tmp_path, series=1, per_series=2,
+                              PatientComments="Project:study2 Subject:S9 Session:E9 AA:true")
+    send(scp.port, paths)
+    settle(app, scp, run_jobs)
+    [ps] = rows(app)
+    assert (ps.project, ps.subject, ps.session, ps.status) == ("study2", "S9", "E9", "READY")
+    assert record_of(app, ps)["flags"]["auto_archive"] is True
+    page = client.get(f"/prearchive/{ps.id}").get_data(as_text=True)
+    assert "Auto-archive" in page and "requested" in page
+
+
+def test_a_custom_rule_routes_before_comments_and_defaults(app, scp, run_jobs, tmp_path,
+                                                            make_project):
+    make_project("study3")
+    with app.app_context():
+        db.session.add_all([
+            RoutingRule(field="project", rule=r"(0008,1030):^Proj-(\w+)", position=1),
+            RoutingRule(field="subject", rule=r"(0010,0020):(\d+)$", position=2)])
+        db.session.commit()
+    _uid, paths = study_files(tmp_path, series=1, per_series=1, study_description="Proj-study3",
+                              patient_id="SUBJ042", PatientComments="Project:study9")
+    send(scp.port, paths)
+    settle(app, scp, run_jobs)
+    [ps] = rows(app)
+    assert (ps.project, ps.subject) == ("study3", "042")
+
+
+def test_a_study_for_no_existing_project_waits_in_the_unassigned_prearchive(
+        app, scp, run_jobs, tmp_path):
+    _uid, paths = study_files(tmp_path, series=1, per_series=1, study_description="nosuch")
+    send(scp.port, paths)
+    settle(app, scp, run_jobs)
+    [ps] = rows(app)
+    assert ps.project is None and ps.project_key == "_unassigned" and ps.status == "READY"
+    assert any("'nosuch'" in line["message"] for line in record_of(app, ps)["log"])
+
+
+def test_unknown_disabled_and_not_allowed_callers_are_rejected_with_their_reason(
+        app, scp, tmp_path):
+    _uid, paths = study_files(tmp_path, series=1, per_series=1)
+    called_not_recognised = ("rejected", 1, 1, 7)
+    assert send(scp.port, paths, called="NOSUCHAE") == called_not_recognised
+    with app.app_context():
+        db.session.add_all([Receiver(ae_title="OFF", enabled=False),
+                            Receiver(ae_title="FENCED", allowed="CONSOLE1\n10.0.0.0/8")])
+        db.session.commit()
+    assert send(scp.port, paths, called="OFF") == called_not_recognised
+    assert send(scp.port, paths, called="FENCED") == ("rejected", 1, 1, 3)
+    assert send(scp.port, paths, called="FENCED", calling="CONSOLE1") == [0]
+    with app.app_context():  # an admin's change counts without a restart
+        db.session.scalar(select(Receiver).filter_by(ae_title="FENCED")).allowed = "127.0.0.1"
+        db.session.commit()
+    assert send(scp.port, paths, called="FENCED") == [0]
+    assert echo(scp.port, called="NOSUCHAE") == ("rejected", 7)
+    with app.app_context():
+        outcomes = list(db.session.scalars(select(DicomAssociation.outcome)
+                                           .order_by(DicomAssociation.id)))
+    assert outcomes[:3] == ["rejected: called AE title not recognised"] * 2 + [
+        "rejected: calling AE title not recognised"]
+
+
+def test_a_compressed_transfer_syntax_is_stored_byte_for_byte(app, scp, run_jobs, tmp_path):
+    original = Path(get_testdata_file("MR_small_jp2klossless.dcm")).read_bytes()
+    path = tmp_path / "jp2k.dcm"
+    path.write_bytes(original)
+    assert send(scp.port, [path]) == [0]
+    settle(app, scp, run_jobs)
+    [ps] = rows(app)
+    [stored] = [folder_of(app, ps) / name for name in session_files(folder_of(app, ps))]
+    data = stored.read_bytes()
+    assert data[dicomio.dataset_offset(data):] == original[dicomio.dataset_offset(original):]
+    meta = dcmread(stored, stop_before_pixels=True).file_meta
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert meta.SourceApplicationEntityTitle == "TESTSCU"
+
+
+def _meta(transfer_syntax="1.2.840.10008.1.2.1") -> bytes:
+    return dicomio.file_meta_bytes("1.2.840.10008.5.1.4.1.1.4", generate_uid(),
+                                   transfer_syntax, implementation_uid="1.2.3")
+
+
+def test_a_header_pydicom_cannot_parse_is_unreadable_with_the_reason():
+    with pytest.raises(receiving.Unreadable, match="could not be read: Error -3"):
+        receiving.read_header(_meta("1.2.840.10008.1.2.1.99") + b"not deflated", ())
+
+
+def test_an_unreadable_dataset_gets_c210_and_its_bytes_go_to_quarantine(app, scp, tmp_path):
+    garbage = b"\x08\x00\x05\x00CS\x7f\x7f" + b"not DICOM" * 20
+    ds = dcmread(io.BytesIO(make_series(generate_uid(), 1)[0]))
+    del ds.StudyInstanceUID
+    ds.save_as(tmp_path / "nostudy.dcm", enforce_file_format=True)
+    (tmp_path / "garbage.dcm").write_bytes(_meta() + garbage)
+    paths = [tmp_path / "garbage.dcm", tmp_path / "nostudy.dcm"]
+    assert send(scp.port, paths) == [CANNOT_UNDERSTAND, CANNOT_UNDERSTAND]
+    quarantine = Path(app.config["DATA_DIR"]) / "quarantine"
+    kept = sorted(quarantine.iterdir())
+    assert len(kept) == 2
+    reasons = [json.loads((q / "reasons.json").read_text())[0]["reason"] for q in kept]
+    assert reasons == ["missing StudyInstanceUID"] * 2
+    stored = [(q / "instance.dcm").read_bytes() for q in kept]
+    assert any(data.endswith(garbage) for data in stored)
+    assert rows(app) == []
+    assert echo(scp.port) == 0  # and it goes on serving
+
+
+def test_a_full_disk_answers_a700_and_an_unexpected_error_c211(app, scp, tmp_path, monkeypatch):
+    _uid, paths = study_files(tmp_path, series=1, per_series=1)
+
+    def disk_full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(receiving, "write_instance", disk_full)
+    assert send(scp.port, paths) == [OUT_OF_RESOURCES]
+    monkeypatch.setattr(receiving, "write_instance", lambda *_a: 1 / 0)
+    assert send(scp.port, paths) == [PROCESSING_FAILURE]
+    monkeypatch.undo()
+    assert send(scp.port, paths) == [0]
+
+
+def test_c_echo_is_answered(scp):
+    assert echo(scp.port) == 0
+
+
+def test_the_receiver_builds_a_session_once_it_is_quiet(app, run_jobs, tmp_path):
+    app.config["SESSION_IDLE_SECONDS"] = 1
+    server = StoreSCP(app, "127.0.0.1", 0)
+    server.start()
+    try:
+        _uid, paths = study_files(tmp_path, series=1, per_series=2)
+        send(server.port, paths)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and [p.status for p in rows(app)] != [
+                "QUEUED_BUILDING"]:
+            time.sleep(0.2)
+        assert [p.status for p in rows(app)] == ["QUEUED_BUILDING"]
+    finally:
+        server.stop()
+    run_jobs()
+    assert [(p.status, p.file_count) for p in rows(app)] == [("READY", 2)]
