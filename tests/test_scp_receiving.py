@@ -168,11 +168,13 @@ def test_comments_route_and_ask_for_auto_archive(app, client, scp, run_jobs, tmp
                               PatientComments="Project:study2 Subject:S9 Session:E9 AA:true")
     send(scp.port, paths)
     settle(app, scp, run_jobs)
-    [ps] = rows(app)
-    assert (ps.project, ps.subject, ps.session, ps.status) == ("study2", "S9", "E9", "READY")
-    assert record_of(app, ps)["flags"]["auto_archive"] is True
-    page = client.get(f"/prearchive/{ps.id}").get_data(as_text=True)
-    assert "Auto-archive" in page and "requested" in page
+    assert rows(app) == []  # AA:true: archived as soon as it was built
+    with app.app_context():
+        from models import ImagingSession
+
+        session = db.session.scalar(select(ImagingSession).filter_by(label="E9"))
+        assert (session.project.label, session.subject.label) == ("study2", "S9")
+        assert sum(s.instance_count for s in session.scans) == 2
 
 
 def test_a_custom_rule_routes_before_comments_and_defaults(app, scp, run_jobs, tmp_path,
@@ -226,6 +228,11 @@ def test_unknown_disabled_and_not_allowed_callers_are_rejected_with_their_reason
 
 
 def test_a_compressed_transfer_syntax_is_stored_byte_for_byte(app, scp, run_jobs, tmp_path):
+    from workers import anonymization
+
+    with app.app_context():  # no site anonymization script: the bytes stay as sent
+        anonymization.save_script(anonymization.SITE, "", False, "test")
+        db.session.commit()
     original = Path(get_testdata_file("MR_small_jp2klossless.dcm")).read_bytes()
     path = tmp_path / "jp2k.dcm"
     path.write_bytes(original)
@@ -303,3 +310,24 @@ def test_the_receiver_builds_a_session_once_it_is_quiet(app, run_jobs, tmp_path)
         server.stop()
     run_jobs()
     assert [(p.status, p.file_count) for p in rows(app)] == [("READY", 2)]
+
+
+def test_received_files_get_the_site_script_snapshots_and_the_projects_auto_archive(
+        app, scp, run_jobs, tmp_path, make_project):
+    from models import ImagingSession, Project
+
+    make_project("lab4", prearchive_code=4)
+    _uid, paths = study_files(tmp_path, series=1, per_series=3, study_description="lab4")
+    assert send(scp.port, paths) == [0, 0, 0]
+    settle(app, scp, run_jobs)
+    assert rows(app) == []  # code 4: archived once built
+    with app.app_context():
+        session = db.session.scalar(select(ImagingSession).join(Project)
+                                    .where(Project.label == "lab4"))
+        folder = Path(app.config["DATA_DIR"]) / "archive/lab4" / session.subject.label / \
+            session.label / "SCANS"
+        stored = sorted(folder.glob("*/DICOM/*.dcm"))
+        assert len(stored) == 3
+        # XNAT's default site script: the labels replace the identifying values.
+        assert str(dcmread(stored[0]).PatientName) == session.subject.label
+        assert list(folder.glob("*/SNAPSHOTS/thumbnail.png"))

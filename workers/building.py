@@ -32,7 +32,7 @@ from models import (
     new_id,
     utcnow,
 )
-from workers import prearchive
+from workers import anonymization, prearchive, queue
 from workers.context import app_job
 from workers.scans import Report, plan_scans, study_summary
 
@@ -65,20 +65,33 @@ def build_session(prearchive_id: int) -> dict | None:
     _rename(folder, moves)
     _remove_empty_scan_dirs(folder)
     _update_record(record, items, scans, report)
-    _finish(prearchive_id, record, started)
+    _apply_site_script(record, folder, receipt)
+    if _finish(prearchive_id, record, started) == READY:
+        _after_build(prearchive_id)
     return {"files": sum(len(s["files"]) for s in scans), "scans": len(scans),
             "duplicates": report.duplicates, "quarantined": len(report.quarantined)}
 
 
 def session_files(folder: Path) -> list[str]:
-    """Return the paths (relative to `folder`) of the files in a session folder,
-    leaving out the receiver's temporary files (names starting with ".")."""
+    """Return the paths (relative to `folder`) of the DICOM files in a session
+    folder, leaving out the receiver's temporary files (names starting with
+    "."), snapshots, and the resources a scan or the session holds besides its
+    DICOM (SCANS/{scan}/{resource}/ and RESOURCES/)."""
     names = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(root).relative_to(folder).parts
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _other_resource(
+            rel + (d,)))
         names.extend(os.path.relpath(os.path.join(root, f), folder)
                      for f in sorted(files) if not f.startswith("."))
     return names
+
+
+def _other_resource(parts: tuple[str, ...]) -> bool:
+    """True for a folder that holds something else than a scan's DICOM files."""
+    if parts[0] == "RESOURCES" or "SNAPSHOTS" in parts:
+        return True
+    return len(parts) == 3 and parts[0] == "SCANS" and parts[2] != "DICOM"
 
 
 def _read_files(folder: Path, report: Report) -> list:
@@ -165,7 +178,34 @@ def _fill_labels(record: dict, info) -> None:
         ident.session, record["folder"])
 
 
-def _finish(prearchive_id: int, record: dict, started) -> None:
+def _apply_site_script(record: dict, folder: Path, receipt: str) -> None:
+    """Run the site's anonymization script on the files before the session is READY
+    (routing read the original headers; files already rewritten are skipped)."""
+    script = anonymization.active_script(anonymization.SITE)
+    if script is None:
+        return
+
+    def path_of(scan, entry):
+        return folder / "SCANS" / scan["id"] / "DICOM" / entry["name"]
+
+    changed, rejected = anonymization.anonymize_record(script, record, path_of)
+    anonymization.quarantine(receipt, [
+        (path, f"{scan['id']}/{entry['name']}",
+         f"rejected by the site anonymization script: {why}")
+        for scan, entry, path, why in rejected])
+    if changed or rejected:
+        prearchive.log(record, f"site anonymization script: {changed} file(s) changed, "
+                               f"{len(rejected)} rejected")
+
+
+def _after_build(prearchive_id: int) -> None:
+    """Snapshots, then the archive job when the project or the data ask for it."""
+    ps = db.session.get(PrearchiveSession, prearchive_id)
+    if ps is not None:
+        prearchive.auto_archive(ps, after=queue.enqueue_make_snapshots(ps.id))
+
+
+def _finish(prearchive_id: int, record: dict, started) -> str | None:
     """Save the record and its row as READY, or RECEIVING when files arrived
     during the build; the row is locked so that the receiver's count updates
     wait for this decision."""
@@ -173,7 +213,7 @@ def _finish(prearchive_id: int, record: dict, started) -> None:
         PrearchiveSession.id == prearchive_id).with_for_update())
     if ps is None:
         db.session.rollback()
-        return
+        return None
     arrived = ps.last_modified is not None and ps.last_modified > started
     record["status"] = RECEIVING if arrived else READY
     record["last_modified"] = (ps.last_modified if arrived else utcnow()).isoformat()
@@ -183,3 +223,4 @@ def _finish(prearchive_id: int, record: dict, started) -> None:
     prearchive.index_record(record, ps)
     ps.job_id = None
     db.session.commit()
+    return record["status"]
