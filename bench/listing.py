@@ -1,0 +1,458 @@
+"""Benchmark: how fast the listing pages and REST lists answer with 1,000,000 files indexed.
+
+    .venv/bin/python bench/listing.py [--database-url postgresql://postgres@127.0.0.1:5432/test]
+        [--projects 10 --subjects 50 --sessions 4 --scans 10 --files 50]
+        [--requests 50] [--queries] [--json out.json]
+
+It makes a Scanyard database of its own (SQLite in a temporary folder, or a
+new PostgreSQL database on the server of --database-url, dropped at the end),
+brings it up to date with the migrations (as ``init-db`` does), and fills it
+with bulk inserts: by default 10 projects x 50 subjects x 4 sessions x 10
+scans x 50 files = 1,000,000 DICOM File rows (no files on disk), a SNAPSHOTS
+resource of two files per scan as the build makes them, and prearchive
+sessions and uploads for the prearchive and "Needs attention" pages.
+
+Then, through Flask's test client (no HTTP server: the figures are the
+application's own time), logged in as a site admin and as a plain member of
+one project (access filtering changes the queries), it asks each listing
+REQUESTS times, each time for another subject, session or scan of that
+project, and prints the median and 95th percentile latency, and with
+--queries how many SQL statements one request runs. REST paths that answer
+404 (no REST API in this checkout) are skipped. Goal: p95 under 200 ms.
+Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import random
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PASSWORD = "bench-password-1"
+GOAL_P95_MS = 200
+CHUNK = 10_000
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+UID_ROOT = "1.2.826.0.1.3680043.9.7433"
+
+
+@dataclass
+class Shape:
+    projects: int = 10
+    subjects: int = 50
+    sessions: int = 4
+    scans: int = 10
+    files: int = 50
+    prearchive: int = 300
+    snapshots: bool = True
+    uploads: int = 200
+
+    @property
+    def total_files(self) -> int:
+        """The DICOM files (each scan's snapshot and thumbnail come on top)."""
+        return self.projects * self.subjects * self.sessions * self.scans * self.files
+
+
+# --- the database ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def postgres_database(base_url: str):
+    """Yield the URL of a new PostgreSQL database on the server of `base_url`; drop it after."""
+    from sqlalchemy import create_engine, make_url, text
+
+    name = f"scanyard_listing_{uuid.uuid4().hex[:8]}"
+    admin_url = make_url(base_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False).replace(
+            "postgresql+psycopg://", "postgresql://", 1)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def make_app(tmp: Path, database_url: str):
+    from app import create_app
+
+    return create_app({
+        "SECRET_KEY": "bench", "WTF_CSRF_ENABLED": False,
+        "DATA_DIR": str(tmp / "data"), "DATABASE_URL": database_url,
+        "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
+    })
+
+
+def _insert(model, rows) -> None:
+    """Insert rows of `model` in chunks, each its own transaction."""
+    from sqlalchemy import insert
+
+    from models import db
+
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == CHUNK:
+            db.session.execute(insert(model), batch)
+            db.session.commit()
+            batch = []
+    if batch:
+        db.session.execute(insert(model), batch)
+        db.session.commit()
+
+
+def fill(shape: Shape) -> dict:
+    """Fill the (empty, migrated) database; return the labels the requests pick from."""
+    from blueprints.auth import set_password
+    from models import (
+        File,
+        ImagingSession,
+        Membership,
+        Project,
+        Resource,
+        Scan,
+        Subject,
+        User,
+        db,
+    )
+
+    rng = random.Random(7)
+    admin, member = User(username="bench-admin", is_admin=True), User(username="bench-member")
+    for user in (admin, member):
+        set_password(user, PASSWORD)
+        db.session.add(user)
+    db.session.commit()
+    projects = [{"id": p + 1, "label": f"P{p:02d}", "name": f"Project {p}",
+                 "accessibility": "private"} for p in range(shape.projects)]
+    _insert(Project, projects)
+    _insert(Membership, [{"project_id": 1, "user_id": member.id, "role": "member"}])
+    subjects, sessions, scans, resources = [], [], [], []
+    for p in projects:
+        for s in range(shape.subjects):
+            subject = {"id": len(subjects) + 1, "project_id": p["id"], "label": f"S{s:04d}"}
+            subjects.append(subject)
+            for e in range(shape.sessions):
+                sid = len(sessions) + 1
+                sessions.append({
+                    "id": sid, "project_id": p["id"], "subject_id": subject["id"],
+                    "label": f"S{s:04d}_MR{e + 1}", "modality": "MR",
+                    "session_date": dt.date(2020, 1, 1) + dt.timedelta(days=rng.randrange(1500)),
+                    "study_uid": f"{UID_ROOT}.1.{sid}", "accession": f"ACC{sid:07d}",
+                    "scanner": "Bench Scanner 3T", "study_description": "BENCH^BRAIN"})
+                for n in range(shape.scans):
+                    scans.append({
+                        "id": len(scans) + 1, "session_id": sid, "scan_id": str(n + 1),
+                        "series_uid": f"{UID_ROOT}.2.{len(scans) + 1}",
+                        "series_description": f"series {n + 1}", "modality": "MR",
+                        "type": f"series {n + 1}", "instance_count": shape.files,
+                        "size": shape.files * 133_000,
+                        "params": {"repetition_time": 2300, "echo_time": 2.98}})
+                    owner = {"project_id": p["id"], "subject_id": subject["id"],
+                             "session_id": sid, "scan_id": len(scans)}
+                    resources.append({"id": len(resources) + 1, "label": "DICOM",
+                                      "format": "DICOM", "content": "RAW", **owner})
+                    if shape.snapshots:
+                        resources.append({"id": len(resources) + 1, "label": "SNAPSHOTS",
+                                          "format": "PNG", "content": "SNAPSHOT", **owner})
+    for model, rows in ((Subject, subjects), (ImagingSession, sessions), (Scan, scans),
+                        (Resource, resources)):
+        _insert(model, rows)
+    _insert(File, _file_rows(resources, shape.files))
+    _fill_prearchive(shape, rng)
+    _fix_sequences()
+    return {"project": "P00", "subjects": [s["label"] for s in subjects[:shape.subjects]],
+            "sessions": [e["label"] for e in sessions if e["project_id"] == 1],
+            "scans": [str(n + 1) for n in range(shape.scans)]}
+
+
+def _file_rows(resources: list[dict], per_resource: int):
+    number = 0
+    for r in resources:
+        if r["label"] == "SNAPSHOTS":
+            for name, size in (("snapshot.png", 90_000), ("thumbnail.png", 9_000)):
+                yield {"resource_id": r["id"], "path": name, "size": size,
+                       "sha256": os.urandom(32).hex(), "format": "PNG",
+                       "content": "THUMBNAIL" if name == "thumbnail.png" else "ORIGINAL"}
+            continue
+        for n in range(per_resource):
+            number += 1
+            uid = f"{UID_ROOT}.3.{number}"
+            yield {"resource_id": r["id"], "path": f"{uid}.dcm", "size": 133_000 + n,
+                   "sha256": os.urandom(32).hex(), "sop_instance_uid": uid,
+                   "sop_class_uid": MR_STORAGE, "transfer_syntax": EXPLICIT_LE,
+                   "instance_number": n + 1, "dataset_sha256": os.urandom(32).hex(),
+                   "format": "DICOM"}
+
+
+def _fill_prearchive(shape: Shape, rng: random.Random) -> None:
+    """Prearchive sessions in every status (a few unassigned) and uploads, some failed."""
+    from models import PrearchiveSession, Upload
+
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    statuses = ["READY"] * 6 + ["RECEIVING", "CONFLICT", "ERROR", "BUILDING"]
+    rows = []
+    for n in range(shape.prearchive):
+        project = None if n % 25 == 0 else f"P{n % shape.projects:02d}"
+        status = statuses[n % len(statuses)]
+        rows.append({
+            "project": project, "project_key": project or "_unassigned",
+            "timestamp": (now - dt.timedelta(minutes=n)).strftime("%Y%m%d_%H%M%S%f")[:-3],
+            "folder": f"PRE{n:05d}", "subject": f"NEW{n:05d}", "session": f"PRE{n:05d}",
+            "study_uid": f"{UID_ROOT}.4.{n}", "scan_date": dt.date(2024, 1, 1), "status": status,
+            "message": "archiving refused: bench" if status in ("CONFLICT", "ERROR") else None,
+            "source": rng.choice(["web", "scp"]), "scan_count": 10, "file_count": 500,
+            "size": 500 * 133_000, "scans": [{"id": str(i + 1), "series_description":
+                                             f"series {i + 1}"} for i in range(10)],
+            "received": now - dt.timedelta(minutes=n),
+            "last_modified": now - dt.timedelta(minutes=n)})
+    _insert(PrearchiveSession, rows)
+    _insert(Upload, [{"id": uuid.uuid4().hex, "user_id": 2 if n % 2 else 1,
+                      "original_name": f"upload{n}.zip", "size": 10**8,
+                      "status": "FAILED" if n % 10 == 0 else "DONE",
+                      "project": f"P{n % shape.projects:02d}", "created": now - dt.timedelta(
+                          hours=n)} for n in range(shape.uploads)])
+
+
+def _fix_sequences() -> None:
+    """PostgreSQL: move the id sequences past the ids given explicitly."""
+    from sqlalchemy import text
+
+    from models import db
+
+    if db.engine.dialect.name != "postgresql":
+        return
+    for table in ("project", "subject", "imaging_session", "scan", "resource"):
+        db.session.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                f"(SELECT max(id) FROM {table}))"))
+    db.session.commit()
+
+
+def settle() -> None:
+    """Leave the database as a server's is some time after such inserts: PostgreSQL
+    vacuumed and analyzed (as autovacuum would), SQLite's WAL checkpointed."""
+    from sqlalchemy import text
+
+    from models import db
+
+    db.session.remove()
+    if db.engine.dialect.name == "postgresql":
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+    else:  # outside a transaction (the app begins each one with BEGIN IMMEDIATE)
+        raw = db.engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
+
+
+# --- the requests -----------------------------------------------------------------
+
+def listings(picked: dict, rng: random.Random) -> dict[str, callable]:
+    """Return {name: function returning the next URL to ask} for every listing."""
+    p = picked["project"]
+
+    def session():
+        return rng.choice(picked["sessions"])
+
+    def scan_path():
+        return f"/projects/{p}/sessions/{session()}/scans/{rng.choice(picked['scans'])}"
+
+    def rest_scan():
+        label = session()
+        return f"/data/projects/{p}/subjects/{label.split('_')[0]}/experiments/{label}"
+
+    scan_files = "/scans/{}/resources/DICOM/files?format=json"
+    return {
+        "projects index /": lambda: "/",
+        "project page": lambda: f"/projects/{p}",
+        "subject page": lambda: f"/projects/{p}/subjects/{rng.choice(picked['subjects'])}",
+        "session page": lambda: f"/projects/{p}/sessions/{session()}",
+        "scan page (files)": scan_path,
+        "search": lambda: f"/search?q={rng.choice(picked['subjects'])}",
+        "search (no match)": lambda: "/search?q=nothing-like-this",
+        "prearchive": lambda: "/prearchive/",
+        "needs attention": lambda: "/attention",
+        "REST projects": lambda: "/data/projects?format=json",
+        "REST subjects": lambda: f"/data/projects/{p}/subjects?format=json",
+        "REST experiments": lambda: f"/data/projects/{p}/experiments?format=json",
+        "REST scans": lambda: rest_scan() + "/scans?format=json",
+        "REST scan files": lambda: rest_scan() + scan_files.format(rng.choice(picked["scans"])),
+    }
+
+
+class QueryCounter:
+    """Count the SQL statements and their time while active."""
+
+    def __init__(self, engine):
+        from sqlalchemy import event
+
+        self.active, self.count, self.seconds, self._start = False, 0, 0.0, 0.0
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
+
+    def _before(self, *_args):
+        self._start = time.perf_counter()
+
+    def _after(self, *_args):
+        if self.active:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._start
+
+    @contextlib.contextmanager
+    def counting(self):
+        self.active, self.count, self.seconds = True, 0, 0.0
+        try:
+            yield self
+        finally:
+            self.active = False
+
+
+def login(app, username: str):
+    client = app.test_client()
+    response = client.post("/login", data={"username": username, "password": PASSWORD})
+    if response.status_code != 303:
+        sys.exit(f"could not log in as {username}: {response.status_code}")
+    return client
+
+
+USERS = ("bench-admin", "bench-member")
+
+
+def measure(app, picked: dict, requests: int, counter: QueryCounter) -> dict:
+    """Return {user: {listing: {"median", "p95", "max", "queries", "sql_ms"}, or None when
+    the path answers 404 (no REST API in this checkout)}}."""
+    clients = {user: login(app, user) for user in USERS}
+    results: dict = {user: {} for user in USERS}
+    for name, next_url in listings(picked, random.Random(11)).items():
+        url = next_url()
+        if url.startswith("/data/") and clients[USERS[0]].get(url).status_code == 404:
+            for user in USERS:
+                results[user][name] = None
+            continue
+        samples: dict[str, list[float]] = {user: [] for user in USERS}
+        for n in range(requests + 2):  # the first two warm the caches, as a server's are
+            for user in USERS:  # in turns, so that both meet the same conditions
+                url = next_url()
+                start = time.perf_counter()
+                _get(clients[user], url)
+                if n >= 2:
+                    samples[user].append((time.perf_counter() - start) * 1000)
+        for user in USERS:
+            with counter.counting():
+                _get(clients[user], next_url())
+            results[user][name] = {
+                "median": statistics.median(samples[user]),
+                "p95": percentile(samples[user], 95), "max": max(samples[user]),
+                "queries": counter.count, "sql_ms": counter.seconds * 1000}
+    return results
+
+
+def _get(client, url: str):
+    response = client.get(url)
+    if response.status_code != 200:
+        sys.exit(f"GET {url} answered {response.status_code}: {response.text[:300]}")
+    return response
+
+
+def percentile(samples: list[float], pct: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]
+
+
+# --- the run -----------------------------------------------------------------------
+
+def run(shape: Shape, database_url: str | None, requests: int, tmp: Path) -> dict:
+    """Fill a new database with `shape` and time the listings; return the figures."""
+    from flask_migrate import upgrade
+
+    from models import db
+
+    with (postgres_database(database_url) if database_url
+          else contextlib.nullcontext(f"sqlite:///{tmp / 'scanyard.db'}")) as url:
+        app = make_app(tmp, url)
+        with app.app_context():
+            logging.disable(logging.INFO)  # the migrations' log lines
+            upgrade(directory=app.extensions["migrate"].directory)
+            logging.disable(logging.NOTSET)
+            start = time.perf_counter()
+            picked = fill(shape)
+            settle()
+            fill_seconds = time.perf_counter() - start
+            counter = QueryCounter(db.engine)
+            db.session.remove()
+        timings = measure(app, picked, requests, counter)
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+    return {"database": "PostgreSQL" if database_url else "SQLite", "files": shape.total_files,
+            "fill_seconds": fill_seconds, "requests": requests, "timings": timings,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def show(result: dict, queries: bool) -> None:
+    print(f"\nListings with {result['files']:,} DICOM files indexed ({result['database']}, "
+          f"filled in {result['fill_seconds']:.0f} s); {result['requests']} requests each, in ms")
+    admin, member = result["timings"]["bench-admin"], result["timings"]["bench-member"]
+    head = f"  {'listing':<20} {'admin median':>12} {'p95':>7}  {'member median':>13} {'p95':>7}"
+    print(head + ("  queries (admin/member)" if queries else ""))
+    worst = 0.0
+    for name, a in admin.items():
+        m = member[name]
+        if a is None:
+            print(f"  {name:<20} {'not in this checkout (404)':>43}")
+            continue
+        worst = max(worst, a["p95"], m["p95"])
+        line = (f"  {name:<20} {a['median']:>12.1f} {a['p95']:>7.1f}  {m['median']:>13.1f} "
+                f"{m['p95']:>7.1f}")
+        if queries:
+            line += f"  {a['queries']:>3} / {m['queries']:<3} ({a['sql_ms']:.1f} ms SQL)"
+        print(line)
+    verdict = "ok" if worst < GOAL_P95_MS else "MISSED"
+    print(f"  worst p95 {worst:.0f} ms: goal < {GOAL_P95_MS} ms {verdict}; peak RSS of this "
+          f"process {result['peak_rss_mb']:.0f} MB")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    defaults = Shape()
+    for field in ("projects", "subjects", "sessions", "scans", "files", "prearchive"):
+        parser.add_argument(f"--{field}", type=int, default=getattr(defaults, field),
+                            help=f"default {getattr(defaults, field)}")
+    parser.add_argument("--no-snapshots", action="store_true",
+                        help="no SNAPSHOTS resource (2 files) per scan")
+    parser.add_argument("--requests", type=int, default=50, help="requests per listing")
+    parser.add_argument("--database-url", help="a PostgreSQL server (default: SQLite)")
+    parser.add_argument("--queries", action="store_true", help="show SQL statements per page")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    shape = Shape(args.projects, args.subjects, args.sessions, args.scans, args.files,
+                  args.prearchive, not args.no_snapshots)
+    tmp = Path(tempfile.mkdtemp(prefix="scanyard-listing-"))
+    try:
+        result = run(shape, args.database_url, args.requests, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    show(result, args.queries)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
