@@ -49,6 +49,8 @@ CHUNK = 10_000
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 UID_ROOT = "1.2.826.0.1.3680043.9.7433"
+SNAPSHOTS = (("snapshot.png", 90_000), ("thumbnail.png", 9_000))
+SNAPSHOT_SIZE = sum(size for _, size in SNAPSHOTS)
 
 
 @dataclass
@@ -71,8 +73,9 @@ class Shape:
 # --- the database ---------------------------------------------------------------
 
 @contextlib.contextmanager
-def postgres_database(base_url: str):
-    """Yield the URL of a new PostgreSQL database on the server of `base_url`; drop it after."""
+def postgres_database(base_url: str, keep: bool = False):
+    """Yield the URL of a new PostgreSQL database on the server of `base_url`; drop it
+    after, unless `keep`."""
     from sqlalchemy import create_engine, make_url, text
 
     name = f"scanyard_listing_{uuid.uuid4().hex[:8]}"
@@ -80,12 +83,16 @@ def postgres_database(base_url: str):
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.set(database=name).render_as_string(hide_password=False).replace(
+        "postgresql+psycopg://", "postgresql://", 1)
     try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False).replace(
-            "postgresql+psycopg://", "postgresql://", 1)
+        yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if keep:
+            print(f"kept {url}")
+        else:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
@@ -143,6 +150,7 @@ def fill(shape: Shape) -> dict:
     _insert(Project, projects)
     _insert(Membership, [{"project_id": 1, "user_id": member.id, "role": "member"}])
     subjects, sessions, scans, resources = [], [], [], []
+    dicom_size = sum(file_size(n) for n in range(shape.files))
     for p in projects:
         for s in range(shape.subjects):
             subject = {"id": len(subjects) + 1, "project_id": p["id"], "label": f"S{s:04d}"}
@@ -161,15 +169,17 @@ def fill(shape: Shape) -> dict:
                         "series_uid": f"{UID_ROOT}.2.{len(scans) + 1}",
                         "series_description": f"series {n + 1}", "modality": "MR",
                         "type": f"series {n + 1}", "instance_count": shape.files,
-                        "size": shape.files * 133_000,
+                        "size": dicom_size,
                         "params": {"repetition_time": 2300, "echo_time": 2.98}})
                     owner = {"project_id": p["id"], "subject_id": subject["id"],
                              "session_id": sid, "scan_id": len(scans)}
                     resources.append({"id": len(resources) + 1, "label": "DICOM",
-                                      "format": "DICOM", "content": "RAW", **owner})
+                                      "format": "DICOM", "content": "RAW", **owner,
+                                      "file_count": shape.files, "size": dicom_size})
                     if shape.snapshots:
                         resources.append({"id": len(resources) + 1, "label": "SNAPSHOTS",
-                                          "format": "PNG", "content": "SNAPSHOT", **owner})
+                                          "format": "PNG", "content": "SNAPSHOT", **owner,
+                                          "file_count": 2, "size": SNAPSHOT_SIZE})
     for model, rows in ((Subject, subjects), (ImagingSession, sessions), (Scan, scans),
                         (Resource, resources)):
         _insert(model, rows)
@@ -181,11 +191,15 @@ def fill(shape: Shape) -> dict:
             "scans": [str(n + 1) for n in range(shape.scans)]}
 
 
+def file_size(n: int) -> int:
+    return 133_000 + n  # an MR image of 256x256 and its header
+
+
 def _file_rows(resources: list[dict], per_resource: int):
     number = 0
     for r in resources:
         if r["label"] == "SNAPSHOTS":
-            for name, size in (("snapshot.png", 90_000), ("thumbnail.png", 9_000)):
+            for name, size in SNAPSHOTS:
                 yield {"resource_id": r["id"], "path": name, "size": size,
                        "sha256": os.urandom(32).hex(), "format": "PNG",
                        "content": "THUMBNAIL" if name == "thumbnail.png" else "ORIGINAL"}
@@ -193,7 +207,7 @@ def _file_rows(resources: list[dict], per_resource: int):
         for n in range(per_resource):
             number += 1
             uid = f"{UID_ROOT}.3.{number}"
-            yield {"resource_id": r["id"], "path": f"{uid}.dcm", "size": 133_000 + n,
+            yield {"resource_id": r["id"], "path": f"{uid}.dcm", "size": file_size(n),
                    "sha256": os.urandom(32).hex(), "sop_instance_uid": uid,
                    "sop_class_uid": MR_STORAGE, "transfer_syntax": EXPLICIT_LE,
                    "instance_number": n + 1, "dataset_sha256": os.urandom(32).hex(),
@@ -377,13 +391,14 @@ def percentile(samples: list[float], pct: int) -> float:
 
 # --- the run -----------------------------------------------------------------------
 
-def run(shape: Shape, database_url: str | None, requests: int, tmp: Path) -> dict:
+def run(shape: Shape, database_url: str | None, requests: int, tmp: Path,
+        keep: bool = False) -> dict:
     """Fill a new database with `shape` and time the listings; return the figures."""
     from flask_migrate import upgrade
 
     from models import db
 
-    with (postgres_database(database_url) if database_url
+    with (postgres_database(database_url, keep) if database_url
           else contextlib.nullcontext(f"sqlite:///{tmp / 'scanyard.db'}")) as url:
         app = make_app(tmp, url)
         with app.app_context():
@@ -440,14 +455,19 @@ def main(argv=None) -> int:
     parser.add_argument("--database-url", help="a PostgreSQL server (default: SQLite)")
     parser.add_argument("--queries", action="store_true", help="show SQL statements per page")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the database (and the temporary folder) to look into")
     args = parser.parse_args(argv)
     shape = Shape(args.projects, args.subjects, args.sessions, args.scans, args.files,
                   args.prearchive, not args.no_snapshots)
     tmp = Path(tempfile.mkdtemp(prefix="scanyard-listing-"))
     try:
-        result = run(shape, args.database_url, args.requests, tmp)
+        result = run(shape, args.database_url, args.requests, tmp, args.keep)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     show(result, args.queries)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
