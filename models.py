@@ -180,6 +180,10 @@ class Resource(db.Model):
     content: Mapped[str | None] = mapped_column(String(255))
     tags: Mapped[str | None] = mapped_column(String(255))
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Totals of its File rows (workers.resources.recount), so that pages need
+    # not sum a million rows.
+    file_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     files: Mapped[list[File]] = relationship(back_populates="resource", order_by="File.path")
 

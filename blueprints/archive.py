@@ -6,6 +6,7 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import contains_eager, joinedload
 
 from blueprints import access, audit
 from blueprints.zipstream import zip_response
@@ -19,21 +20,27 @@ bp = Blueprint("archive", __name__)
 
 
 def project_counts(project_ids: list[int]) -> dict[int, dict]:
-    """Return subjects, sessions, scans and bytes per project id."""
+    """Return subjects, sessions, scans and bytes per project id.
+
+    The bytes come from the resources' totals: a sum over every File row
+    took 300 ms a page at a million files.
+    """
     counts = {pid: {"subjects": 0, "sessions": 0, "scans": 0, "bytes": 0} for pid in project_ids}
+    in_projects = ImagingSession.project_id.in_(project_ids)
     queries = {
-        "subjects": select(Subject.project_id, func.count()).group_by(Subject.project_id),
+        "subjects": select(Subject.project_id, func.count())
+        .where(Subject.project_id.in_(project_ids)).group_by(Subject.project_id),
         "sessions": select(ImagingSession.project_id, func.count())
-        .group_by(ImagingSession.project_id),
+        .where(in_projects).group_by(ImagingSession.project_id),
         "scans": select(ImagingSession.project_id, func.count(Scan.id))
-        .join(Scan, Scan.session_id == ImagingSession.id).group_by(ImagingSession.project_id),
-        "bytes": select(Resource.project_id, func.coalesce(func.sum(File.size), 0))
-        .join(File, File.resource_id == Resource.id).group_by(Resource.project_id),
+        .join(Scan, Scan.session_id == ImagingSession.id).where(in_projects)
+        .group_by(ImagingSession.project_id),
+        "bytes": select(Resource.project_id, func.sum(Resource.size))
+        .where(Resource.project_id.in_(project_ids)).group_by(Resource.project_id),
     }
     for key, query in queries.items():
-        for pid, n in db.session.execute(query):
-            if pid in counts:
-                counts[pid][key] = int(n or 0)
+        for pid, n in db.session.execute(query) if project_ids else ():
+            counts[pid][key] = int(n or 0)
     return counts
 
 
@@ -126,8 +133,11 @@ def subject(label, subject):
     subj = access.get_subject(proj, subject)
     sessions = db.session.scalars(select(ImagingSession).filter_by(subject_id=subj.id)
                                   .order_by(ImagingSession.session_date, ImagingSession.label))
+    scan_counts = dict(db.session.execute(
+        select(Scan.session_id, func.count()).join(ImagingSession)
+        .where(ImagingSession.subject_id == subj.id).group_by(Scan.session_id)).all())
     return render_template("archive/subject.html", project=proj, subject=subj,
-                           sessions=list(sessions))
+                           sessions=list(sessions), scan_counts=scan_counts)
 
 
 @bp.get("/projects/<label>/sessions/<session>")
@@ -146,6 +156,7 @@ def scan(label, session, scan_id):
     sess = access.get_session(proj, session)
     sc = access.get_scan(sess, scan_id)
     files = db.paginate(select(File).join(Resource).filter(Resource.scan_id == sc.id)
+                        .options(contains_eager(File.resource))
                         .order_by(File.instance_number, File.path),
                         per_page=current_app.config["PAGE_SIZE"])
     return render_template("archive/scan.html", project=proj, session=sess, scan=sc,
@@ -248,6 +259,8 @@ def search():
         if date:
             conditions.append(ImagingSession.session_date == date)
         query = (select(ImagingSession).join(Subject)
+                 .options(contains_eager(ImagingSession.subject),
+                          joinedload(ImagingSession.project))
                  .where(ImagingSession.project_id.in_(visible), or_(*conditions))
                  .order_by(ImagingSession.session_date.desc(), ImagingSession.label))
         results = db.paginate(query, per_page=current_app.config["PAGE_SIZE"])

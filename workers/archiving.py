@@ -284,6 +284,7 @@ def _index_appended(ps: PrearchiveSession, record: dict, target: dict) -> None:
             label = s.get("resource") or "DICOM"
             row = resources.get_or_create(owner, label, format=label)
             db.session.execute(insert(File), [_file_row(row.id, f, label) for f in files])
+            resources.recount([row.id])
     note = "; ".join(plan["messages"]) or None
     prearchive.log(record, f"merged into archived session {target['session']}"
                            + (f": {note}" if note else ""))
@@ -350,6 +351,7 @@ def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path
     _index_resources(resources.Owner(project, subject, session), record.get("resources"))
     if file_rows:
         db.session.execute(insert(File), file_rows)
+        resources.recount(row["resource_id"] for row in file_rows)
     db.session.execute(delete(PrearchiveSession).where(PrearchiveSession.id == ps.id))
     db.session.commit()
 

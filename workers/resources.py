@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select, update
 
 from imaging import formats, labels, storage
 from models import File, ImagingSession, Project, Resource, Scan, Subject, db
@@ -113,12 +113,28 @@ def file_entry(path, name: str, fmt: str | None = None, header: dict | None = No
 
 
 def insert_files(resource_id: int, entries: list[dict], *, content=None, tags=None) -> None:
-    """Insert the File rows of a resource's entries, in one statement (no commit)."""
+    """Insert the File rows of a resource's entries, in one statement, and recount
+    the resource (no commit)."""
     if entries:
         db.session.execute(insert(File), [
             {"resource_id": resource_id, "path": e["name"], "size": e["size"],
              "sha256": e["sha256"], "format": e.get("format"), "header": e.get("header"),
              "content": content or None, "tags": tags or None} for e in entries])
+    recount([resource_id])
+
+
+def recount(resource_ids) -> None:
+    """Set the resources' file_count and size from their File rows; every change
+    of a resource's files ends with this (no commit)."""
+    ids = sorted(set(resource_ids))
+    if not ids:
+        return
+    mine = File.resource_id == Resource.id
+    db.session.execute(
+        update(Resource).where(Resource.id.in_(ids)).values(
+            file_count=select(func.count(File.id)).where(mine).scalar_subquery(),
+            size=select(func.coalesce(func.sum(File.size), 0)).where(mine).scalar_subquery()),
+        execution_options={"synchronize_session": "fetch"})
 
 
 def check_name(name: str) -> str:
@@ -185,6 +201,8 @@ def delete_file(file: File) -> None:
     """Delete one file of a resource: its row (committed), then its bytes."""
     path = resource_dir(file.resource) / file.path
     db.session.delete(file)
+    db.session.flush()
+    recount([file.resource_id])
     db.session.commit()
     # After the commit: a crash between the two leaves a stray file, never a
     # row without its file.
