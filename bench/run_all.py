@@ -1,0 +1,385 @@
+"""Benchmark: the whole of Scanyard in one run, one table, beside its references.
+
+    .venv/bin/python bench/run_all.py [--studies 4 --series 5 --images 100 --size 256]
+        [--skip dicom,zip,listing] [--listing-files 50] [--listing-requests 50]
+        [--zip-rounds 3] [--database-url postgresql://...] [--json figures.json]
+
+Makes the data set (default 4 studies x 5 series x 100 MR images of 256x256,
+from tests/dicomgen.make_series; one folder per study and a zip of them all),
+then measures, in this order:
+
+  dicom    the DICOM receivers of bench/scp_ingest.py on that data, over one
+           association (everything) and four at once (a study each): Scanyard
+           (`flask scp` and a worker, until every session is READY), a bare
+           pynetdicom receiver, and DCMTK's storescp and Orthanc when installed;
+           then Scanyard archives the four received sessions (RQ's job times);
+  zip      the HTTP upload of a zip to READY through bench/ingest_zip.py (its
+           bare single-process loop and memory included) when that script is
+           here, and the same data set's zip POSTed to Orthanc's /instances;
+  listing  bench/listing.py in a process of its own: pages and REST lists with
+           1,000,000 files indexed (--listing-files 5 for 100,000).
+
+and prints one table: Scanyard's figures, the references', the ratios and the
+goals of issue 9, and the peak memory of each process (the kernel's VmHWM,
+read every 0.1 s over each process tree). Absolute rates on a shared 2-core
+machine vary by 2x between runs; the ratios, measured in the same run, much
+less. About 6 minutes with the defaults. Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import orthanc, scp_ingest  # noqa: E402
+
+PROJECT = "BENCH"
+STEPS = ("dicom", "zip", "listing")
+
+
+@dataclass
+class Data:
+    parts: list[Path]   # one folder per study (one association each)
+    all: Path           # every file (hard links), for one association
+    zip: Path
+    count: int
+    bytes: int
+
+
+def make_data(folder: Path, studies: int, series: int, images: int, size: int) -> Data:
+    """Write the studies as DICOM files and one zip; each names its project in its comments."""
+    from pydicom.uid import generate_uid
+
+    from tests.dicomgen import make_series
+
+    parts, total, count = [], 0, 0
+    (folder / "all").mkdir(parents=True)
+    with zipfile.ZipFile(folder / "data.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for st in range(studies):
+            part, uid, subject = folder / f"study{st + 1}", generate_uid(), f"BENCH{st + 1:02d}"
+            part.mkdir()
+            parts.append(part)
+            for se in range(series):
+                for n, data in enumerate(make_series(
+                        uid, images, series_number=se + 1, size=size, patient_id=subject,
+                        patient_name=f"BENCH^{subject}", description=f"series {se + 1}",
+                        PatientComments=f"Project:{PROJECT} Subject:{subject} "
+                                        f"Session:{subject}_MR")):
+                    name = f"s{st + 1}_{se + 1:02d}_{n + 1:04d}.dcm"
+                    (part / name).write_bytes(data)
+                    os.link(part / name, folder / "all" / name)
+                    zf.writestr(f"{subject}/series{se + 1}/{name}", data)
+                    total, count = total + len(data), count + 1
+    return Data(parts, folder / "all", folder / "data.zip", count, total)
+
+
+# --- memory -------------------------------------------------------------------------
+
+def _tree(pid: int) -> list[int]:
+    """Return a process and its descendants (Linux /proc; cheap enough to poll often)."""
+    found = [pid]
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as fh:
+                for child in fh.read().split():
+                    found += _tree(int(child))
+    return found
+
+
+def _high_water(pid: int) -> int:
+    """Return the peak resident memory of a process so far, in bytes (VmHWM)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakMemory(threading.Thread):
+    """The largest peak of any one process in each tree, read every 0.1 s until stop()."""
+
+    def __init__(self, roots: dict[str, int]):
+        super().__init__(daemon=True)
+        self.roots, self.peak = roots, dict.fromkeys(roots, 0)
+        self.stopping = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            for role, pid in self.roots.items():
+                self.peak[role] = max([self.peak[role], *map(_high_water, _tree(pid))])
+            if self.stopping.wait(0.1):
+                return
+
+    def stop(self) -> dict[str, float]:
+        """Return the peaks in MB."""
+        self.stopping.set()
+        self.join()
+        return {role: peak / 2**20 for role, peak in self.peak.items()}
+
+
+# --- DICOM receivers and archiving ---------------------------------------------------
+
+def bench_app(work: Path, redis_url: str):
+    """Return an app on a Scanyard receiver's database, data folder and queue."""
+    from app import create_app
+
+    return create_app({"DATABASE_URL": f"sqlite:///{work / 'scanyard.db'}",
+                       "DATA_DIR": str(work / "data"), "REDIS_URL": redis_url,
+                       "QUEUE_NAME": f"bench-{work.name}", "SECRET_KEY": "bench",
+                       "WTF_CSRF_ENABLED": False, "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000"})
+
+
+def add_project_and_admin(app) -> None:
+    from blueprints.auth import set_password
+    from models import Project, User, db
+
+    with app.app_context():
+        admin = User(username="bench", is_admin=True)
+        set_password(admin, "bench-password")
+        db.session.add_all([Project(label=PROJECT, name=PROJECT), admin])
+        db.session.commit()
+
+
+def archive_everything(app, redis_url: str, timeout: float = 300) -> dict:
+    """Archive every READY prearchive session; return the wall time and RQ's job times."""
+    from redis import Redis
+    from rq import Queue
+    from rq.job import Job
+    from sqlalchemy import func, select
+
+    from models import PrearchiveSession, db
+
+    client = app.test_client()
+    client.post("/login", data={"username": "bench", "password": "bench-password"})
+    with app.app_context():
+        ids = db.session.scalars(select(PrearchiveSession.id)).all()
+    start = time.perf_counter()
+    for ps_id in ids:
+        answer = client.post(f"/prearchive/{ps_id}/archive")
+        if answer.status_code != 303:
+            raise RuntimeError(f"archiving answered {answer.status_code}")
+    while time.perf_counter() - start < timeout:
+        with app.app_context():
+            left = db.session.scalar(select(func.count()).select_from(PrearchiveSession))
+            db.session.remove()
+        if not left:
+            break
+        time.sleep(0.05)
+    wall = time.perf_counter() - start
+    conn = Redis.from_url(redis_url)
+    registry = Queue(app.config["QUEUE_NAME"], connection=conn).finished_job_registry
+    jobs = [(job.ended_at - job.started_at).total_seconds()
+            for job in Job.fetch_many(registry.get_job_ids(), connection=conn)
+            if job and job.func_name.endswith("archive_session") and job.ended_at]
+    return {"sessions": len(ids), "wall": wall, "jobs": sorted(jobs)}
+
+
+def receive(kind: str, data: Data, associations: int, work: Path, redis_url: str) -> dict:
+    """Send the data to one receiver; return its rate, and for Scanyard until READY,
+    its memory and (one association) the archiving of what it received."""
+    scp_ingest.settle_disk()
+    if kind == "scanyard":
+        receiver = scp_ingest.Scanyard(work, redis_url)
+        app = bench_app(work, redis_url)
+        add_project_and_admin(app)
+        memory = PeakMemory({"receiver": receiver.proc.pid,
+                             "receiver's worker": receiver.worker.pid})
+    elif kind == "orthanc":
+        receiver = orthanc.Orthanc(work)
+        memory = PeakMemory({"Orthanc": receiver.proc.pid})
+    else:
+        receiver = scp_ingest.Bare(work) if kind == "bare" else \
+            scp_ingest.StoreSCP(work, fork=associations > 1)
+        memory = None
+    try:
+        folders = data.parts if associations > 1 else [data.all]
+        seconds = scp_ingest.send(receiver.port, folders, receiver.called)
+        result = {"rate": data.count / seconds, "mb_per_s": data.bytes / seconds / 1e6}
+        if kind == "scanyard":
+            result["ready"] = seconds + receiver.until_ready(data.count)
+            if associations == 1:
+                result["archive"] = archive_everything(app, redis_url)
+        if kind == "orthanc" and receiver.instances() != data.count:
+            raise RuntimeError("Orthanc did not store every instance")
+        return result | ({"memory": memory.stop()} if memory else {})
+    finally:
+        if memory:
+            memory.stopping.set()
+        receiver.stop()
+
+
+def dicom_step(data: Data, tmp: Path) -> dict:
+    redis_url, _server = scp_ingest.redis_for(tmp)
+    kinds = ["scanyard", "bare"] + (["storescp"] if shutil.which("storescp") else []) \
+        + (["orthanc"] if orthanc.available() else [])
+    results = {}
+    for associations in (1, 4):
+        for kind in kinds:
+            work = tmp / f"{kind}{associations}-{uuid.uuid4().hex[:6]}"
+            results[f"{kind} x{associations}"] = receive(kind, data, associations, work,
+                                                         redis_url)
+            print(f"  {kind} x{associations}: "
+                  f"{results[f'{kind} x{associations}']['rate']:.0f} instances/s", flush=True)
+    return results
+
+
+# --- zip upload ------------------------------------------------------------------------
+
+def zip_step(args, data: Data, tmp: Path) -> dict:
+    results = {"scanyard": scanyard_zip(args, data)}
+    if orthanc.available():
+        scp_ingest.settle_disk()
+        server = orthanc.Orthanc(tmp / "orthanc-zip")
+        memory = PeakMemory({"Orthanc": server.proc.pid})
+        try:
+            seconds, stored = server.upload_zip(data.zip)
+        finally:
+            results["orthanc memory"] = memory.stop()
+            server.stop()
+        if stored != data.count:
+            raise RuntimeError(f"Orthanc stored {stored} of {data.count} instances")
+        results["orthanc"] = {"rate": data.count / seconds, "mb_per_s": data.bytes / seconds / 1e6}
+    return results
+
+
+def scanyard_zip(args, data: Data) -> dict:
+    """Return the zip upload figures of bench/ingest_zip.py, or {"missing": why}.
+
+    The figures: files, rate (instances/s to READY), mb_per_s, bare_ratio
+    (over its bare single-process loop), archive_s (until the archived
+    session's page answers), archive_job_s and memory ({process: MB}). A script
+    with --json writes them itself; from one without, the data of the table
+    it shows is taken (INGEST_ZIP_RUNNER).
+    """
+    path = BENCH / "ingest_zip.py"
+    if not path.exists():
+        return {"missing": "not available: bench/ingest_zip.py is not in this checkout"}
+    argv = ["--count", str(data.count), "--series", str(args.studies * args.series),
+            "--size", str(args.size), "--rounds", str(args.zip_rounds)]
+    argv += ["--database-url", args.database_url] if args.database_url else []
+    out = Path(tempfile.mkstemp(suffix=".json")[1])
+    try:
+        if "--json" in path.read_text():
+            subprocess.run([sys.executable, str(path), *argv, "--json", str(out)], cwd=ROOT,
+                           check=True)
+            return json.loads(out.read_text())
+        subprocess.run([sys.executable, "-c", INGEST_ZIP_RUNNER, str(BENCH), str(out), *argv],
+                       cwd=ROOT, check=True)
+        return _ingest_zip_figures(json.loads(out.read_text()))
+    except (OSError, ValueError, KeyError, subprocess.CalledProcessError) as exc:
+        return {"missing": f"bench/ingest_zip.py failed: {exc}"}
+    finally:
+        out.unlink(missing_ok=True)
+
+
+# Runs bench/ingest_zip.py's main() and keeps what it passes to show() as JSON.
+INGEST_ZIP_RUNNER = """
+import json, sys
+sys.path[:0] = [sys.argv[1]]
+import ingest_zip
+def keep(args, result, show=ingest_zip.show):
+    show(args, result)
+    with open(sys.argv[2], "w") as out:
+        json.dump(result, out, default=str)
+ingest_zip.show = keep
+sys.exit(ingest_zip.main(sys.argv[3:]))
+"""
+
+
+def _ingest_zip_figures(shown: dict) -> dict:
+    rounds, mb = shown["rounds"], 2**20
+    ready = statistics.median(r["ready"] for r in rounds)
+    unpacked = sum(i.file_size for i in zipfile.ZipFile(shown["zip"]).infolist())
+    memory = shown.get("memory", {})
+    return {"rate": shown["files"] / ready, "mb_per_s": unpacked / ready / 1e6,
+            "bare_ratio": statistics.median(r["bare"] / r["ready"] for r in rounds),
+            "archive_s": max(r["archive"] for r in rounds),
+            "archive_job_s": max(shown.get("jobs", {}).get("archive_session") or [0.0]),
+            "files": shown["files"],
+            "memory": {"web (zip upload)": memory.get("web", {}).get("max", 0) / mb,
+                       "worker (zip upload)": memory.get("worker", {}).get("max", 0) / mb}}
+
+
+# --- listings --------------------------------------------------------------------------
+
+def listing_step(args, tmp: Path) -> dict:
+    out = tmp / "listing.json"
+    cmd = [sys.executable, str(BENCH / "listing.py"), "--json", str(out),
+           "--files", str(args.listing_files), "--requests", str(args.listing_requests)]
+    cmd += ["--database-url", args.database_url] if args.database_url else []
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"bench/listing.py: {(done.stderr or done.stdout)[-500:]}")
+    return json.loads(out.read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--studies", type=int, default=4)
+    parser.add_argument("--series", type=int, default=5, help="series per study")
+    parser.add_argument("--images", type=int, default=100, help="images per series")
+    parser.add_argument("--size", type=int, default=256, help="rows and columns of each image")
+    parser.add_argument("--skip", default="", help=f"comma-separated steps of {STEPS}")
+    parser.add_argument("--zip-rounds", type=int, default=3)
+    parser.add_argument("--listing-files", type=int, default=50,
+                        help="files per scan of the listing data (50: 1,000,000 files)")
+    parser.add_argument("--listing-requests", type=int, default=50)
+    parser.add_argument("--database-url", help="PostgreSQL for the zip upload and listings")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
+    if skip - set(STEPS):
+        parser.error(f"unknown steps: {', '.join(sorted(skip - set(STEPS)))}")
+    if "dicom" not in skip and shutil.which("storescu") is None:
+        parser.error("the DICOM step needs DCMTK's storescu (apt-get install dcmtk), "
+                     "or --skip dicom")
+    from bench.report import show
+
+    figures = {"started": dt.datetime.now().isoformat(timespec="minutes"),
+               "cores": os.cpu_count(), "load": os.getloadavg()[0]}
+    (ROOT / "instance").mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="run-all-", dir=ROOT / "instance"))
+    try:
+        print("Making the data set ...", flush=True)
+        data = make_data(tmp / "data", args.studies, args.series, args.images, args.size)
+        figures["data"] = {"count": data.count, "bytes": data.bytes,
+                           "zip_bytes": data.zip.stat().st_size, "studies": args.studies,
+                           "series": args.series, "images": args.images, "size": args.size}
+        steps = {"dicom": lambda: dicom_step(data, tmp), "zip": lambda: zip_step(args, data, tmp),
+                 "listing": lambda: listing_step(args, tmp)}
+        for name in STEPS:
+            if name not in skip:
+                print(f"Step {name} ...", flush=True)
+                try:
+                    figures[name] = steps[name]()
+                except Exception as exc:  # one step failing leaves the others' figures
+                    figures[name] = {"missing": f"failed: {exc}"}
+                    print(f"  {name} failed: {exc}", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    show(figures)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
