@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py [--studies 4 --series 5 --images 100 --size 256]
         [--skip dicom,zip,listing] [--listing-files 50] [--listing-requests 50]
-        [--zip-rounds 3] [--database-url postgresql://...] [--json figures.json]
+        [--rounds 3] [--zip-rounds 3] [--database-url postgresql://...] [--json figures.json]
 
 Makes the data set (default 4 studies x 5 series x 100 MR images of 256x256,
 from tests/dicomgen.make_series; one folder per study and a zip of them all),
@@ -226,19 +226,36 @@ def receive(kind: str, data: Data, associations: int, work: Path, redis_url: str
         receiver.stop()
 
 
-def dicom_step(data: Data, tmp: Path) -> dict:
+def dicom_step(data: Data, tmp: Path, rounds: int) -> dict:
+    """Return {"KIND xN": figures} for each receiver and 1 or 4 associations, the medians
+    of `rounds` rounds (each starting with another receiver, as bench/scp_ingest.py does)."""
     redis_url, _server = scp_ingest.redis_for(tmp)
     kinds = ["scanyard", "bare"] + (["storescp"] if shutil.which("storescp") else []) \
         + (["orthanc"] if orthanc.available() else [])
-    results = {}
-    for associations in (1, 4):
-        for kind in kinds:
-            work = tmp / f"{kind}{associations}-{uuid.uuid4().hex[:6]}"
-            results[f"{kind} x{associations}"] = receive(kind, data, associations, work,
-                                                         redis_url)
-            print(f"  {kind} x{associations}: "
-                  f"{results[f'{kind} x{associations}']['rate']:.0f} instances/s", flush=True)
-    return results
+    runs: dict[str, list[dict]] = {}
+    for round_no in range(rounds):
+        order = kinds[round_no % len(kinds):] + kinds[:round_no % len(kinds)]
+        for associations in (1, 4):
+            for kind in order:
+                work = tmp / f"{kind}{associations}-{uuid.uuid4().hex[:6]}"
+                result = receive(kind, data, associations, work, redis_url)
+                runs.setdefault(f"{kind} x{associations}", []).append(result)
+                print(f"  {kind} x{associations}: {result['rate']:.0f} instances/s", flush=True)
+                shutil.rmtree(work, ignore_errors=True)
+    return {key: _median_run(results) for key, results in runs.items()}
+
+
+def _median_run(results: list[dict]) -> dict:
+    """Return the median of each figure over the rounds; the largest memory."""
+    merged = {key: statistics.median(r[key] for r in results)
+              for key in ("rate", "mb_per_s", "ready") if key in results[0]}
+    if "archive" in results[0]:  # the round whose archiving took the median time
+        archives = sorted((r["archive"] for r in results), key=lambda a: sum(a["jobs"]))
+        merged["archive"] = archives[len(archives) // 2]
+    if "memory" in results[0]:
+        merged["memory"] = {role: max(r["memory"][role] for r in results)
+                            for role in results[0]["memory"]}
+    return merged | {"rounds": len(results)}
 
 
 # --- zip upload ------------------------------------------------------------------------
@@ -338,7 +355,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=100, help="images per series")
     parser.add_argument("--size", type=int, default=256, help="rows and columns of each image")
     parser.add_argument("--skip", default="", help=f"comma-separated steps of {STEPS}")
-    parser.add_argument("--zip-rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the DICOM step")
+    parser.add_argument("--zip-rounds", type=int, default=3, help="uploads of the zip")
     parser.add_argument("--listing-files", type=int, default=50,
                         help="files per scan of the listing data (50: 1,000,000 files)")
     parser.add_argument("--listing-requests", type=int, default=50)
@@ -363,7 +381,8 @@ def main(argv=None) -> int:
         figures["data"] = {"count": data.count, "bytes": data.bytes,
                            "zip_bytes": data.zip.stat().st_size, "studies": args.studies,
                            "series": args.series, "images": args.images, "size": args.size}
-        steps = {"dicom": lambda: dicom_step(data, tmp), "zip": lambda: zip_step(args, data, tmp),
+        steps = {"dicom": lambda: dicom_step(data, tmp, args.rounds),
+                 "zip": lambda: zip_step(args, data, tmp),
                  "listing": lambda: listing_step(args, tmp)}
         for name in STEPS:
             if name not in skip:
