@@ -14,8 +14,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select
 
 from imaging import formats, labels, storage
 from models import File, ImagingSession, Project, Resource, Scan, Subject, db
@@ -131,7 +132,7 @@ def recount(resource_ids) -> None:
         return
     mine = File.resource_id == Resource.id
     db.session.execute(
-        update(Resource).where(Resource.id.in_(ids)).values(
+        sa.update(Resource).where(Resource.id.in_(ids)).values(
             file_count=select(func.count(File.id)).where(mine).scalar_subquery(),
             size=select(func.coalesce(func.sum(File.size), 0)).where(mine).scalar_subquery()),
         execution_options={"synchronize_session": "fetch"})
