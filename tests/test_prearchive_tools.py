@@ -28,10 +28,13 @@ def sessions(app):
 def test_two_partial_uploads_merge_into_one_prearchive_session(app, client, run_jobs,
                                                                make_project):
     make_project("p1")
-    uid = generate_uid()
-    s1, s2, s3 = (make_series(uid, 3, series_number=n) for n in (1, 2, 3))
-    send(client, s1 + s2[:1])
-    send(client, s2 + s3)  # the series 2 instance again, and the rest
+    # The scanner gave the second half another StudyInstanceUID, so the upload
+    # made a session of its own instead of joining the first.
+    first, second = generate_uid(), generate_uid()
+    s1, s2 = (make_series(first, 3, series_number=n) for n in (1, 2))
+    s3 = make_series(second, 3, series_number=3)
+    send(client, s1 + s2)
+    send(client, s3, session="MR1b")
     run_jobs()
     first, second = sessions(app)
     res = client.post(f"/prearchive/{first.id}/merge", data={"into": second.id})

@@ -32,7 +32,7 @@ from models import (
     db,
     utcnow,
 )
-from workers import anonymization, ingest_formats, prearchive, queue
+from workers import anonymization, ingest_formats, joining, prearchive, queue
 from workers.context import app_job
 from workers.faults import crash_point
 from workers.scans import Report, study_summary
@@ -197,6 +197,8 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     sessions += ingest_formats.place_resources(upload, loose, sessions, source_of, timestamp,
                                                report)
     sessions = _apply_site_script(sessions, source_of, report)
+    made = sessions
+    sessions, joined = joining.join_existing(upload, sessions, source_of, report)
 
     for _record, moves in sessions:
         _move_files(moves, source_of, report)
@@ -216,12 +218,16 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     upload.sessions = [{"project": r["project"], "timestamp": r["timestamp"],
                         "folder": r["folder"], "subject": r["subject"],
                         "session": r["session"], "study_uid": r["study_uid"]}
-                       for r, _ in sessions]
-    upload.status = UPLOAD_DONE if sessions else UPLOAD_FAILED
-    if not sessions:
+                       for r, _ in sessions] + [
+        {"project": ps.project, "timestamp": ps.timestamp, "folder": ps.folder,
+         "subject": ps.subject, "session": ps.session, "study_uid": ps.study_uid,
+         "joined": True} for ps in joined]
+    upload.status = UPLOAD_DONE if made else UPLOAD_FAILED
+    if not made:
         upload.error = "No DICOM or other image file could be read from the upload."
     upload.finished = utcnow()
     db.session.commit()
+    joining.rebuild_joined(joined)
     for ps in rows:
         prearchive.auto_archive(ps, after=queue.enqueue_make_snapshots(ps.id))
     storage.remove_tree(root)
