@@ -8,7 +8,8 @@ from flask_migrate import upgrade
 
 
 def register(app: Flask) -> None:
-    for command in (init_db, create_user, worker, serve, reconcile_command, verify, scp):
+    for command in (init_db, create_user, worker, serve, reconcile_command, verify, scp,
+                    rebuild):
         app.cli.add_command(command)
 
 
@@ -119,3 +120,15 @@ def scp(host, port):
 
     run_scp(current_app._get_current_object(), host,
             current_app.config["SCP_PORT"] if port is None else port)
+
+
+@click.command("rebuild")
+@with_appcontext
+def rebuild():
+    """Recreate the prearchive's index from its folders and records."""
+    from workers.prearchive_tools import rebuild_index
+
+    changes = rebuild_index()
+    for line in changes:
+        click.echo(line)
+    click.echo(f"{len(changes)} change(s).")
