@@ -31,6 +31,7 @@ from models import (
     utcnow,
 )
 from workers import prearchive
+from workers.receiving import lock_study
 
 # A CONFLICT session is joined too: an upload with overwrite is how its
 # conflicts are resolved.
@@ -57,6 +58,9 @@ def _joinable(record: dict) -> PrearchiveSession | None:
         for s in record.get("scans", []))
     if not plain_dicom:
         return None
+    # Held until the job commits: a receiver or another upload of the study
+    # waits, then finds the session this one joins or makes.
+    lock_study((storage.project_key(record["project"]), record["study_uid"]))
     return db.session.scalar(
         select(PrearchiveSession)
         .where(PrearchiveSession.project_key == storage.project_key(record["project"]),
