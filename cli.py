@@ -8,8 +8,8 @@ from flask_migrate import upgrade
 
 
 def register(app: Flask) -> None:
-    for command in (init_db, create_user, worker, serve, reconcile_command, verify, scp,
-                    rebuild):
+    for command in (init_db, create_user, first_admin, worker, serve, reconcile_command,
+                    verify, scp, rebuild):
         app.cli.add_command(command)
 
 
@@ -52,6 +52,27 @@ def create_user(name, admin):
     db.session.add(user)
     db.session.commit()
     click.echo(f"User {name} created{' (site administrator)' if admin else ''}.")
+
+
+@click.command("first-admin")
+@with_appcontext
+def first_admin():
+    """On a fresh install, ask for the first administrator's name and password."""
+    import sys
+
+    from sqlalchemy import func, select
+
+    from models import User, db
+
+    if db.session.scalar(select(func.count()).select_from(User)):
+        return
+    if not sys.stdin.isatty():
+        click.echo("No account yet: create the first administrator with "
+                   "`flask --app app create-user NAME --admin`.")
+        return
+    click.echo("No account yet: create the first administrator.")
+    name = click.prompt("User name")
+    click.get_current_context().invoke(create_user, name=name, admin=True)
 
 
 @click.command("worker")
