@@ -19,7 +19,15 @@ from rq import get_current_job
 from sqlalchemy import select, update
 
 from imaging import dicomio, labels, routing, storage
-from imaging.extract import ExtractError, Member, archive_kind, extract_members, list_members
+from imaging.extract import (
+    CHUNK,
+    ExtractError,
+    Member,
+    archive_kind,
+    extract_members,
+    list_members,
+    unpack_members,
+)
 from models import (
     READY,
     UPLOAD_DONE,
@@ -133,15 +141,16 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
     if upload is None or upload.status != UPLOAD_READING:
         return
     root, files = _dirs(upload)
+    source = _source(upload)
     out = root / "batches" / f"{batch_no}.json"
     if out.exists():
         return
     saved = storage.read_json(root / "members.json")
     members = [Member(*saved["members"][i]) for i in indexes]
     results = []
-    for member, path in _unpacked(upload, saved["kind"], members, files):
+    for member, path, data in _unpacked(source, saved["kind"], members, files):
         try:
-            info = dicomio.read_dicom(path)
+            info = dicomio.read_dicom(path, data)
             results.append({"name": member.name, "info": info.to_json()})
         except dicomio.NotDicom as exc:
             results.append({"name": member.name, "error": str(exc)})
@@ -151,18 +160,19 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
     db.session.commit()
 
 
-def _unpacked(upload, kind, members, files):
-    """Yield (member, path on disk) for a batch, unpacking zip members first."""
+def _unpacked(source: Path, kind, members, files):
+    """Yield (member, path on disk, its bytes or None) for a batch, unpacking zip
+    members first; the bytes of a small member come along so they are read once."""
     if kind == "zip":
         try:
-            yield from extract_members(_source(upload), members, files)
+            yield from unpack_members(source, members, files, keep_bytes=CHUNK)
         except ExtractError as exc:
             raise RuntimeError(str(exc)) from exc
     elif kind == "tar":
         for m in members:
-            yield m, files / m.name
+            yield m, files / m.name, None
     else:
-        yield members[0], _source(upload)
+        yield members[0], source, None
 
 
 @app_job
