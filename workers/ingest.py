@@ -142,6 +142,9 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
         return
     root, files = _dirs(upload)
     source = _source(upload)
+    # End the transaction before the file work: on SQLite a transaction holds
+    # the write lock (BEGIN IMMEDIATE), and the batches would run one at a time.
+    db.session.commit()
     out = root / "batches" / f"{batch_no}.json"
     if out.exists():
         return
