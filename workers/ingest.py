@@ -10,6 +10,7 @@ Each job can run twice without changing more: batches leave their results in
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from pathlib import Path
@@ -46,13 +47,25 @@ from workers.context import app_job
 MAX_LISTED_QUARANTINE = 1000
 
 
-def _dirs(upload: Upload) -> tuple[Path, Path]:
+@dataclasses.dataclass(frozen=True)
+class _Where:
+    """An upload's paths, taken from its row before the transaction ends.
+
+    The jobs end their transaction before working on files: on SQLite a
+    transaction holds the write lock (BEGIN IMMEDIATE), and every other
+    job and web request would wait for the files to be done.
+    """
+
+    root: Path
+    files: Path
+    source: Path
+    quarantine: Path
+
+
+def _where(upload: Upload) -> _Where:
     root = storage.upload_dir(current_app.config["DATA_DIR"], upload.id)
-    return root, root / "files"
-
-
-def _source(upload: Upload) -> Path:
-    return storage.upload_dir(current_app.config["DATA_DIR"], upload.id) / upload.params["file"]
+    return _Where(root, root / "files", root / upload.params["file"],
+                  storage.quarantine_dir(current_app.config["DATA_DIR"], upload.id))
 
 
 def _last_attempt() -> bool:
@@ -91,36 +104,33 @@ def extract_upload(upload_id: str) -> None:
     if upload is None or upload.status in (UPLOAD_DONE, UPLOAD_FAILED):
         return
     upload.status = UPLOAD_EXTRACTING
+    where = _where(upload)
     db.session.commit()
-    root, files = _dirs(upload)
-    members_file = root / "members.json"
+    members_file = where.root / "members.json"
     saved = storage.read_json(members_file)
     if saved is None:
         try:
-            kind, members = _members(upload)
+            kind, members = _members(where.source)
         except ExtractError as exc:
-            _quarantine_source(upload, str(exc))
-            _fail(upload, str(exc))
+            _reject(upload, where, str(exc), str(exc))
             return
         if kind == "tar":
             # tar has no index to seek in: unpack it once here, read it in batches.
-            for _ in extract_members(_source(upload), members, files):
+            for _ in extract_members(where.source, members, where.files):
                 pass
         saved = {"kind": kind, "members": [[m.name, m.index, m.size] for m in members]}
         storage.write_json_atomic(members_file, saved)
     upload.files_total = len(saved["members"])
     if not saved["members"]:
-        _quarantine_source(upload, "the archive holds no files")
-        _fail(upload, "The archive holds no files.")
+        _reject(upload, where, "the archive holds no files", "The archive holds no files.")
         return
     upload.status = UPLOAD_READING
     db.session.commit()
-    queue.enqueue_read_batches(upload.id, len(saved["members"]))
+    queue.enqueue_read_batches(upload_id, len(saved["members"]))
 
 
-def _members(upload: Upload) -> tuple[str, list[Member]]:
+def _members(src: Path) -> tuple[str, list[Member]]:
     """Return the kind of upload ("zip", "tar" or "file") and its members."""
-    src = _source(upload)
     try:
         kind = archive_kind(src)
     except ExtractError:
@@ -129,7 +139,7 @@ def _members(upload: Upload) -> tuple[str, list[Member]]:
         except dicomio.NotDicom:
             raise ExtractError(
                 "The file is neither a zip or tar archive nor a DICOM file.") from None
-        return "file", [Member(name=upload.params["file"], index=0, size=src.stat().st_size)]
+        return "file", [Member(name=src.name, index=0, size=src.stat().st_size)]
     return kind, list_members(src)
 
 
@@ -140,18 +150,15 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
     upload = db.session.get(Upload, upload_id)
     if upload is None or upload.status != UPLOAD_READING:
         return
-    root, files = _dirs(upload)
-    source = _source(upload)
-    # End the transaction before the file work: on SQLite a transaction holds
-    # the write lock (BEGIN IMMEDIATE), and the batches would run one at a time.
+    where = _where(upload)
     db.session.commit()
-    out = root / "batches" / f"{batch_no}.json"
+    out = where.root / "batches" / f"{batch_no}.json"
     if out.exists():
         return
-    saved = storage.read_json(root / "members.json")
+    saved = storage.read_json(where.root / "members.json")
     members = [Member(*saved["members"][i]) for i in indexes]
     results = []
-    for member, path, data in _unpacked(source, saved["kind"], members, files):
+    for member, path, data in _unpacked(where.source, saved["kind"], members, where.files):
         try:
             info = dicomio.read_dicom(path, data)
             results.append({"name": member.name, "info": info.to_json()})
@@ -186,11 +193,32 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     if upload is None or upload.status in (UPLOAD_DONE, UPLOAD_FAILED):
         return
     upload.status = UPLOAD_FINISHING
+    where = _where(upload)
     db.session.commit()
-    root, files = _dirs(upload)
-    saved = storage.read_json(root / "members.json")
-    kind = saved["kind"]
-    read, failed_batches = _batch_results(root, batch_count)
+    saved = storage.read_json(where.root / "members.json")
+    report, good = _sort_results(saved, *_batch_results(where.root, batch_count))
+    timestamp = upload.params.get("timestamp") or _claim_timestamp(upload)
+    sessions = plan_sessions(upload, good, timestamp, report)
+    db.session.commit()
+
+    def source_of(name):
+        return where.source if saved["kind"] == "file" else where.files / name
+
+    for _record, moves in sessions:
+        _move_files(moves, source_of, report)
+    _quarantine_files(where.quarantine, report, source_of)
+    for record, _moves in sessions:
+        prearchive.save_record(record)
+    for record, _moves in sessions:
+        prearchive.index_record(record)
+    _record_report(upload, report, [record for record, _ in sessions])
+    db.session.commit()
+    storage.remove_tree(where.root)
+
+
+def _sort_results(saved: dict, read: list[dict], failed_batches: list[int]):
+    """Return (report, good): the report with what could not be read, and
+    (member name, DicomInfo) of each file that could."""
     read_names = {r["name"] for r in read}
     missing = [m[0] for m in saved["members"] if m[0] not in read_names]
     report = Report()
@@ -205,18 +233,11 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
             report.quarantine(r["name"], r["error"])
         else:
             good.append((r["name"], dicomio.DicomInfo.from_json(r["info"])))
-    timestamp = upload.params.get("timestamp") or _claim_timestamp(upload)
-    sessions = plan_sessions(upload, good, timestamp, report)
+    return report, good
 
-    def source_of(name):
-        return _source(upload) if kind == "file" else files / name
 
-    for _record, moves in sessions:
-        _move_files(moves, source_of, report)
-    _quarantine_files(upload, report, source_of)
-    for record, _moves in sessions:
-        prearchive.save_record(record)
-        prearchive.index_record(record)
+def _record_report(upload: Upload, report: Report, records: list[dict]) -> None:
+    """Write the report's counts and the sessions made onto the upload's row."""
     upload.stored = report.stored
     upload.duplicates = report.duplicates
     upload.quarantined = len(report.quarantined)
@@ -226,13 +247,11 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
                      "quarantined_files": report.quarantined[:MAX_LISTED_QUARANTINE]}
     upload.sessions = [{"project": r["project"], "timestamp": r["timestamp"],
                         "folder": r["folder"], "subject": r["subject"],
-                        "session": r["session"]} for r, _ in sessions]
-    upload.status = UPLOAD_DONE if sessions else UPLOAD_FAILED
-    if not sessions:
+                        "session": r["session"]} for r in records]
+    upload.status = UPLOAD_DONE if records else UPLOAD_FAILED
+    if not records:
         upload.error = "No DICOM file could be read from the upload."
     upload.finished = utcnow()
-    db.session.commit()
-    storage.remove_tree(root)
 
 
 class Report:
@@ -428,27 +447,27 @@ def _move_files(moves, source_of, report: Report) -> None:
         storage.fsync_dir(d)
 
 
-def _quarantine_files(upload: Upload, report: Report, source_of) -> None:
+def _quarantine_files(qdir: Path, report: Report, source_of) -> None:
     if not report.quarantined:
         return
-    qdir = storage.quarantine_dir(current_app.config["DATA_DIR"], upload.id)
     for entry in report.quarantined:
         src = source_of(entry["name"])
         if src.exists():
             dst = qdir / entry["name"]
             storage.move_into(src, dst)
-    if report.quarantined:
-        storage.write_json_atomic(qdir / "reasons.json", report.quarantined)
+    storage.write_json_atomic(qdir / "reasons.json", report.quarantined)
 
 
-def _quarantine_source(upload: Upload, reason: str) -> None:
-    src = _source(upload)
+def _reject(upload: Upload, where: _Where, reason: str, message: str) -> None:
+    """Quarantine the uploaded file with `reason`, then mark the upload failed."""
+    src = where.source
     if src.exists():
-        qdir = storage.quarantine_dir(current_app.config["DATA_DIR"], upload.id)
-        storage.move_into(src, qdir / src.name)
-        storage.write_json_atomic(qdir / "reasons.json", [{"name": src.name, "reason": reason}])
+        storage.move_into(src, where.quarantine / src.name)
+        storage.write_json_atomic(where.quarantine / "reasons.json",
+                                  [{"name": src.name, "reason": reason}])
     upload.quarantined = upload.files_total or 1
     upload.messages = [f"{upload.original_name}: {reason}"]
+    _fail(upload, message)
 
 
 def upload_report(upload: Upload) -> dict:
