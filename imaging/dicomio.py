@@ -39,7 +39,7 @@ class NotDicom(ValueError):
     """A file that is not a readable DICOM instance; the message says why."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class DicomInfo:
     """The header values Scanyard keeps of one DICOM file.
 

@@ -196,7 +196,7 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     where = _where(upload)
     db.session.commit()
     saved = storage.read_json(where.root / "members.json")
-    report, good = _sort_results(saved, *_batch_results(where.root, batch_count))
+    report, good = _read_results(saved, where.root, batch_count)
     timestamp = upload.params.get("timestamp") or _claim_timestamp(upload)
     sessions = plan_sessions(upload, good, timestamp, report)
     db.session.commit()
@@ -216,23 +216,34 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     storage.remove_tree(where.root)
 
 
-def _sort_results(saved: dict, read: list[dict], failed_batches: list[int]):
+def _read_results(saved: dict, root: Path, batch_count: int):
     """Return (report, good): the report with what could not be read, and
-    (member name, DicomInfo) of each file that could."""
-    read_names = {r["name"] for r in read}
-    missing = [m[0] for m in saved["members"] if m[0] not in read_names]
+    (member name, DicomInfo) of each file that could.
+
+    Batches are loaded one at a time and each dropped once converted: their
+    JSON takes several times the memory of the DicomInfo made from it.
+    """
+    good, errors, read_names, failed = [], [], set(), 0
+    for n in range(batch_count):
+        results = storage.read_json(root / "batches" / f"{n}.json")
+        if results is None:
+            failed += 1
+            continue
+        for r in results:
+            read_names.add(r["name"])
+            if "error" in r:
+                errors.append((r["name"], r["error"]))
+            else:
+                good.append((r["name"], dicomio.DicomInfo.from_json(r["info"])))
     report = Report()
-    if failed_batches:
+    if failed:
         report.messages.append(
-            f"{len(failed_batches)} batch(es) could not be read; their files are in quarantine.")
-    for name in missing:
-        report.quarantine(name, "the file could not be read (its batch failed)")
-    good = []
-    for r in read:
-        if "error" in r:
-            report.quarantine(r["name"], r["error"])
-        else:
-            good.append((r["name"], dicomio.DicomInfo.from_json(r["info"])))
+            f"{failed} batch(es) could not be read; their files are in quarantine.")
+    for name, *_ in saved["members"]:
+        if name not in read_names:
+            report.quarantine(name, "the file could not be read (its batch failed)")
+    for name, error in errors:
+        report.quarantine(name, error)
     return report, good
 
 
@@ -265,17 +276,6 @@ class Report:
 
     def quarantine(self, name: str, reason: str) -> None:
         self.quarantined.append({"name": name, "reason": reason})
-
-
-def _batch_results(root: Path, batch_count: int) -> tuple[list[dict], list[int]]:
-    read, failed = [], []
-    for n in range(batch_count):
-        results = storage.read_json(root / "batches" / f"{n}.json")
-        if results is None:
-            failed.append(n)
-        else:
-            read.extend(results)
-    return read, failed
 
 
 def _claim_timestamp(upload: Upload) -> str:
