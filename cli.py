@@ -8,7 +8,8 @@ from flask_migrate import upgrade
 
 
 def register(app: Flask) -> None:
-    for command in (init_db, create_user, worker, serve, reconcile_command, verify, scp):
+    for command in (init_db, create_user, first_admin, worker, serve, reconcile_command,
+                    verify, scp, rebuild):
         app.cli.add_command(command)
 
 
@@ -51,6 +52,27 @@ def create_user(name, admin):
     db.session.add(user)
     db.session.commit()
     click.echo(f"User {name} created{' (site administrator)' if admin else ''}.")
+
+
+@click.command("first-admin")
+@with_appcontext
+def first_admin():
+    """On a fresh install, ask for the first administrator's name and password."""
+    import sys
+
+    from sqlalchemy import func, select
+
+    from models import User, db
+
+    if db.session.scalar(select(func.count()).select_from(User)):
+        return
+    if not sys.stdin.isatty():
+        click.echo("No account yet: create the first administrator with "
+                   "`flask --app app create-user NAME --admin`.")
+        return
+    click.echo("No account yet: create the first administrator.")
+    name = click.prompt("User name")
+    click.get_current_context().invoke(create_user, name=name, admin=True)
 
 
 @click.command("worker")
@@ -119,3 +141,15 @@ def scp(host, port):
 
     run_scp(current_app._get_current_object(), host,
             current_app.config["SCP_PORT"] if port is None else port)
+
+
+@click.command("rebuild")
+@with_appcontext
+def rebuild():
+    """Recreate the prearchive's index from its folders and records."""
+    from workers.prearchive_tools import rebuild_index
+
+    changes = rebuild_index()
+    for line in changes:
+        click.echo(line)
+    click.echo(f"{len(changes)} change(s).")

@@ -5,4 +5,5 @@
 source "$(dirname "$0")/scripts/bootstrap.sh"
 install_requirements requirements.txt
 flask --app app init-db
+flask --app app first-admin
 exec flask --app app serve "$@"

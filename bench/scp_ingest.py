@@ -34,6 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
+
+def dcmtk_tool(name: str) -> str | None:
+    """Return DCMTK's `name`, not the script of that name pynetdicom installs."""
+    ours = os.path.realpath(os.path.dirname(sys.executable))
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and os.path.realpath(d) != ours)
+    return shutil.which(name, path=path)
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 IDLE_SECONDS = 2
@@ -119,7 +127,7 @@ def send(port: int, folders: list[Path], called: str) -> float:
     """Send each folder over its own storescu association, all at once; return seconds."""
     env = {**os.environ, "TCP_NODELAY": "1"}
     start = time.perf_counter()
-    procs = [subprocess.Popen(["storescu", "--max-pdu", "131072", "-aec", called, "+sd",
+    procs = [subprocess.Popen([dcmtk_tool("storescu"), "--max-pdu", "131072", "-aec", called, "+sd",
                                "127.0.0.1", str(port), str(folder)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for folder in folders]
@@ -198,7 +206,7 @@ class StoreSCP:
     def __init__(self, work: Path, fork: bool):
         (work / "out").mkdir(parents=True)
         self.port = free_port()
-        cmd = ["storescp", "-aet", "STORESCP", "-od", str(work / "out")]
+        cmd = [dcmtk_tool("storescp"), "-aet", "STORESCP", "-od", str(work / "out")]
         cmd += (["--fork"] if fork else []) + [str(self.port)]
         self.proc = subprocess.Popen(cmd, env={**os.environ, "TCP_NODELAY": "1"},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -277,9 +285,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--only", choices=["scanyard", "bare", "storescp"], action="append")
     args = parser.parse_args()
-    if shutil.which("storescu") is None:
+    if dcmtk_tool("storescu") is None:
         raise SystemExit("DCMTK's storescu is needed: apt-get install dcmtk")
-    kinds = args.only or ["scanyard", "bare"] + (["storescp"] if shutil.which("storescp")
+    kinds = args.only or ["scanyard", "bare"] + (["storescp"] if dcmtk_tool("storescp")
                                                  else [])
     with tempfile.TemporaryDirectory(prefix="scp-bench-", dir=ROOT / "instance") as tmp:
         tmp = Path(tmp)

@@ -122,6 +122,29 @@ def merge(prearchive_id):
     return redirect(url_for(".detail", prearchive_id=target.id), code=303)
 
 
+@bp.post("/<int:prearchive_id>/rebuild")
+def rebuild(prearchive_id):
+    """Read the session's folder again and rewrite its index."""
+    ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    try:
+        prearchive_tools.request_rebuild(ps)
+    except prearchive.Busy as exc:
+        return _refuse(ps, str(exc), 409)
+    flash("Rebuilding the session.", "info")
+    return redirect(url_for(".detail", prearchive_id=ps.id), code=303)
+
+
+@bp.post("/rebuild")
+def rebuild_all():
+    """Recreate the prearchive's index from its folders (site administrators)."""
+    access.require_admin()
+    changes = prearchive_tools.rebuild_index()
+    flash(f"Prearchive index rebuilt: {len(changes)} change(s).", "info")
+    for line in changes[:20]:
+        flash(line, "info")
+    return redirect(url_for(".index"), code=303)
+
+
 @bp.post("/<int:prearchive_id>/reset")
 def reset(prearchive_id):
     """Put a session stuck in a transient status back to READY (no job may hold it)."""

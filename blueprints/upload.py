@@ -39,6 +39,8 @@ def parse_upload_form(form) -> dict:
             params[field] = check(value, what) if value else None
     except LabelError as exc:
         raise FormError(str(exc)) from None
+    if form.get("overwrite"):
+        params["overwrite"] = "true"
     date_text = (form.get("session_date") or "").strip()
     if form.get("date_unknown"):
         params["session_date"] = None

@@ -8,6 +8,7 @@ ends in NotDicom, never in another exception.
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import io
 import math
@@ -16,6 +17,8 @@ import re
 import struct
 
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 
 WHOLE_READ_LIMIT = 64 * 2**20
@@ -25,6 +28,10 @@ _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _PIXEL_DATA = b"\xe0\x7f\x10\x00"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
+# By the standard these VRs hold ASCII text to which no character set applies,
+# and pydicom keeps it as it is: reading their raw bytes gives the same text
+# without pydicom's conversion of each element, a good part of reading a header.
+_RAW_TEXT_VRS = frozenset({"UI", "CS", "DA", "TM"})
 _DATE_RE = re.compile(r"(\d{4})\.?(\d{2})\.?(\d{2})")
 
 
@@ -32,7 +39,7 @@ class NotDicom(ValueError):
     """A file that is not a readable DICOM instance; the message says why."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class DicomInfo:
     """The header values Scanyard keeps of one DICOM file.
 
@@ -85,7 +92,8 @@ class DicomInfo:
 
     def to_json(self) -> dict:
         """Return all fields as a JSON-serialisable dict (the date as ISO text)."""
-        data = dataclasses.asdict(self)
+        # Every field is a plain value: no need for asdict()'s deep copy.
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.study_date is not None:
             data["study_date"] = self.study_date.isoformat()
         return data
@@ -215,31 +223,44 @@ def _check_start(head: bytes) -> bool:
     raise NotDicom("not a DICOM file (no DICM marker and no valid group 0008 start)")
 
 
-def read_dicom(path) -> DicomInfo:
+def read_dicom(path, data: bytes | None = None) -> DicomInfo:
     """Return the DicomInfo of the file at `path`.
 
+    `data`, when given, is the file's content already in memory (a caller
+    that has just written the file passes it, so it is not read back).
     Raises NotDicom for anything that is not a DICOM instance with a
     StudyInstanceUID and a SeriesInstanceUID; OSError when the file cannot
     be opened.
     """
-    size = os.path.getsize(path)
-    if size > WHOLE_READ_LIMIT:
-        with open(path, "rb") as f:
-            head = f.read(_HEAD)
-        dicm = _check_start(head)
-        offset = dataset_offset(head)
-        file_sha256, dataset_sha256 = _hashes(path, offset)
-        with open(path, "rb") as f:
-            ds = _parse(f, dicm, size, defer_size=_CHUNK)
-    else:
+    if data is None:
+        size = os.path.getsize(path)
+        if size > WHOLE_READ_LIMIT:
+            return _read_large(path, size)
         with open(path, "rb") as f:
             data = f.read()
-        size = len(data)
-        dicm = _check_start(data)
-        offset = dataset_offset(data)
-        file_sha256 = hashlib.sha256(data).hexdigest()
-        dataset_sha256 = hashlib.sha256(memoryview(data)[offset:]).hexdigest()
-        ds = _parse(io.BytesIO(data), dicm, size)
+    size = len(data)
+    dicm = _check_start(data)
+    offset = dataset_offset(data)
+    file_sha256 = hashlib.sha256(data).hexdigest()
+    dataset_sha256 = hashlib.sha256(memoryview(data)[offset:]).hexdigest()
+    ds = _parse(io.BytesIO(data), dicm, size)
+    return _checked_info(ds, file_sha256, dataset_sha256, size, offset)
+
+
+def _read_large(path, size: int) -> DicomInfo:
+    """Read a file too large to hold in memory: hashed in chunks, pixels deferred."""
+    with open(path, "rb") as f:
+        head = f.read(_HEAD)
+    dicm = _check_start(head)
+    offset = dataset_offset(head)
+    file_sha256, dataset_sha256 = _hashes(path, offset)
+    with open(path, "rb") as f:
+        ds = _parse(f, dicm, size, defer_size=_CHUNK)
+    return _checked_info(ds, file_sha256, dataset_sha256, size, offset)
+
+
+def _checked_info(ds, file_sha256: str, dataset_sha256: str, size: int,
+                  offset: int) -> DicomInfo:
     try:
         return _info(ds, file_sha256, dataset_sha256, size, offset)
     except NotDicom:
@@ -250,8 +271,16 @@ def read_dicom(path) -> DicomInfo:
 
 def _text(ds, keyword: str) -> str | None:
     """Return an element's value as stripped text, None when absent or unreadable."""
+    tag = _tag_of(keyword)
     try:
-        value = ds.get(keyword)
+        element = ds.get_item(tag)
+        if element is None:
+            return None
+        if isinstance(element, RawDataElement) and \
+                (element.VR or dictionary_VR(tag)) in _RAW_TEXT_VRS:
+            value = None if element.value is None else element.value.decode("latin-1")
+        else:
+            value = ds[tag].value
     except Exception:  # pydicom decodes lazily; a damaged value reads as missing
         return None
     if value is None:
@@ -262,6 +291,11 @@ def _text(ds, keyword: str) -> str | None:
         value = value.decode("ascii", "replace")
     text = str(value).strip().strip("\x00").strip()
     return text or None
+
+
+@functools.cache
+def _tag_of(keyword: str) -> int:
+    return tag_for_keyword(keyword)
 
 
 def _number(ds, keyword: str, kind: type):

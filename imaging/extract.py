@@ -262,30 +262,40 @@ def _entries(path, kind: str) -> Iterator[tuple[int, str | None, int]]:
                 yield index, _tar_name(info), info.size
 
 
-def _target(root: pathlib.Path, member: Member) -> pathlib.Path:
-    """Return where `member` is written; raise ExtractError if that leaves `root`."""
+def _target(root: pathlib.Path, member: Member, parents: dict) -> pathlib.Path:
+    """Return where `member` is written; raise ExtractError if that leaves `root`.
+
+    `parents` caches the resolved folders of one extraction: members share
+    a few folders, and resolving walks every part of the path.
+    """
     if not member.name or normalise_name(member.name) != member.name:
         raise _entry_error(member.name, "is not a safe file name")
     target = root / member.name
-    parent = target.parent.resolve()
+    parent = parents.get(target.parent)
+    if parent is None:
+        parent = parents[target.parent] = target.parent.resolve()
     if not parent.is_relative_to(root):
         raise _entry_error(member.name, "points outside the upload folder")
     return parent / target.name
 
 
-def _write(source, kind: str, member: Member, target: pathlib.Path) -> None:
+def _write(source, kind: str, member: Member, target: pathlib.Path, made: set,
+           keep: bool) -> bytes | None:
     """Stream `source` into `target` (mode 0o644), never more than declared.
 
-    Raises ExtractError for a damaged archive, a lying header or a name
-    clash; errors of the destination disk are raised as they are. A file
-    cut short is removed.
+    Returns the bytes written when `keep` is true, else None. `made` holds
+    the folders this extraction has already created. Raises ExtractError
+    for a damaged archive, a lying header or a name clash; errors of the
+    destination disk are raised as they are. A file cut short is removed.
     """
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
         raise _entry_error(member.name, "clashes with another entry of the same name") from exc
-    written = 0
+    written, kept = 0, [] if keep else None
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), 0o644)
@@ -298,9 +308,13 @@ def _write(source, kind: str, member: Member, target: pathlib.Path) -> None:
                 if written > member.size:
                     raise _entry_error(member.name, _LYING)
                 out.write(chunk)
+                if kept is not None:
+                    kept.append(chunk)
     except BaseException:
         target.unlink(missing_ok=True)
         raise
+    # One chunk (keep_bytes <= CHUNK) is returned as it is, without a copy.
+    return b"".join(kept) if kept is not None else None
 
 
 def _zip_sources(path, members: list[Member]) -> Iterator[tuple[Member, object]]:
@@ -347,12 +361,27 @@ def extract_members(
     or a member holding more than it declares. Errors of the destination
     disk (full, no permission) are raised as OSError.
     """
+    for member, target, _data in unpack_members(path, members, dest_dir, limits):
+        yield member, target
+
+
+def unpack_members(
+    path, members: list[Member], dest_dir, limits: Limits = Limits(), keep_bytes: int = 0
+) -> Iterator[tuple[Member, pathlib.Path, bytes | None]]:
+    """Do what extract_members does, and yield (member, path, data) where `data`
+    is the member's content when it holds at most `keep_bytes` (<= CHUNK),
+    else None: a caller that reads each file then need not read it back.
+    """
     _check_sizes(members, limits)
     root = pathlib.Path(dest_dir).resolve()
     kind = archive_kind(path)
     sources = _zip_sources if kind == "zip" else _tar_sources
+    parents: dict = {}
+    made: set = set()
+    keep_bytes = min(keep_bytes, CHUNK)
     for member, source in sources(path, members):
         with source:
-            target = _target(root, member)
-            _write(source, kind, member, target)
-        yield member, target
+            target = _target(root, member, parents)
+            keep = 0 < member.size <= keep_bytes
+            data = _write(source, kind, member, target, made, keep)
+        yield member, target, data

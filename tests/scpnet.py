@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,17 @@ from pydicom import dcmread
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import Verification
 
-STORESCU = shutil.which("storescu")
+
+def dcmtk_tool(name: str) -> str | None:
+    """Return the path of DCMTK's `name`, passing over the script of the same
+    name that pynetdicom installs beside Python."""
+    ours = os.path.realpath(os.path.dirname(sys.executable))
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and os.path.realpath(d) != ours)
+    return shutil.which(name, path=path)
+
+
+STORESCU = dcmtk_tool("storescu")
 needs_storescu = pytest.mark.skipif(
     STORESCU is None and os.environ.get("CI", "").lower() != "true",
     reason="DCMTK's storescu is not installed (apt-get install dcmtk); CI installs it")

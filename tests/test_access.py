@@ -64,6 +64,8 @@ ROUTES = {
     "prearchive.merge": ("POST", "/prearchive/{merge_role}/merge", EDITORS, 404,
                          {"into": "{ps_member}"}),
     "prearchive.reset": ("POST", "/prearchive/{ps_member}/reset", EDITORS, 404, {}),
+    "prearchive.rebuild": ("POST", "/prearchive/{ps_member}/rebuild", EDITORS, 404, {}),
+    "prearchive.rebuild_all": ("POST", "/prearchive/rebuild", ADMINS, 403, {}),
     "api.upload_status": ("GET", "/api/uploads/{upload}", EDITORS, 404, None),
     "api.subjects": ("GET", "/api/projects/p1/subjects", READERS, None, None),
     "auth.login": ("GET", "/login", ROLES, None, None),

@@ -242,3 +242,10 @@ def test_the_audit_log_records_each_kind_of_event(app, client, run_jobs, make_pr
     page = client.get("/audit?kind=archive")
     assert page.status_code == 200
     assert b"<td>archive</td>" in page.data and b"<td>login_failed</td>" not in page.data
+
+
+def test_first_admin_tells_how_to_create_one_when_it_cannot_ask(app, runner, make_user):
+    result = runner.invoke(args=["first-admin"])
+    assert result.exit_code == 0 and "create-user NAME --admin" in result.output
+    make_user("someone")
+    assert runner.invoke(args=["first-admin"]).output == ""

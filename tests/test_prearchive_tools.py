@@ -28,10 +28,13 @@ def sessions(app):
 def test_two_partial_uploads_merge_into_one_prearchive_session(app, client, run_jobs,
                                                                make_project):
     make_project("p1")
-    uid = generate_uid()
-    s1, s2, s3 = (make_series(uid, 3, series_number=n) for n in (1, 2, 3))
-    send(client, s1 + s2[:1])
-    send(client, s2 + s3)  # the series 2 instance again, and the rest
+    # The scanner gave the second half another StudyInstanceUID, so the upload
+    # made a session of its own instead of joining the first.
+    first, second = generate_uid(), generate_uid()
+    s1, s2 = (make_series(first, 3, series_number=n) for n in (1, 2))
+    s3 = make_series(second, 3, series_number=3)
+    send(client, s1 + s2)
+    send(client, s3, session="MR1b")
     run_jobs()
     first, second = sessions(app)
     res = client.post(f"/prearchive/{first.id}/merge", data={"into": second.id})
@@ -99,3 +102,31 @@ def test_a_stuck_session_can_be_reset_only_when_no_job_holds_it(app, client, run
     assert client.post(f"/prearchive/{ps.id}/reset").status_code == 303
     (ps,) = sessions(app)
     assert ps.status == "READY"
+
+
+def test_rebuild_recreates_the_index_from_the_folders_and_records(app, client, run_jobs,
+                                                                  make_project):
+    import shutil
+
+    make_project("p1")
+    send(client, make_series(generate_uid(), 2), session="KEEP")
+    run_jobs()
+    (ps,) = sessions(app)
+    client.post(f"/prearchive/{ps.id}/labels",
+                data={"project": "p1", "subject": "EDITED", "session": "KEEP"})
+    root = Path(app.config["DATA_DIR"]) / "prearchive"
+    # A folder with files and no record (copied in by hand), and a lost index.
+    stray = root / "p1" / "20200101_000000000" / "STRAY"
+    shutil.copytree(root / "p1" / ps.timestamp / ps.folder, stray)
+    with app.app_context():
+        db.session.query(PrearchiveSession).delete()
+        db.session.commit()
+    result = app.test_cli_runner().invoke(args=["rebuild"])
+    assert result.exit_code == 0 and "2 change(s)" in result.output, result.output
+    run_jobs()
+    rows = {r.folder: r for r in sessions(app)}
+    assert rows["KEEP"].subject == "EDITED" and rows["KEEP"].status == "READY"
+    assert rows["STRAY"].status == "READY" and rows["STRAY"].file_count == 2
+    assert client.post(f"/prearchive/{rows['STRAY'].id}/rebuild").status_code == 303
+    run_jobs()
+    assert {r.status for r in sessions(app)} == {"READY"}

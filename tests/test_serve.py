@@ -53,15 +53,17 @@ def server(tmp_path, redis_url, postgres_url):
          "--workers", "2", "--no-scp"], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            requests.get(base + "/login", timeout=5)
-            break
-        except requests.RequestException:
-            time.sleep(0.2)
-    yield base, proc, tmp_path
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        for _ in range(100):
+            try:
+                requests.get(base + "/login", timeout=5)
+                break
+            except requests.RequestException:
+                time.sleep(0.2)
+        yield base, proc, tmp_path
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_serve_runs_the_whole_path_and_ctrl_c_stops_everything(server):

@@ -20,6 +20,7 @@ from imaging import dicomio, labels, routing, storage
 from models import (
     ARCHIVING,
     BUILDING,
+    CONFLICT,
     DELETING,
     MOVING,
     QUEUED_ARCHIVING,
@@ -215,7 +216,9 @@ def _finish(prearchive_id: int, record: dict, started) -> str | None:
         db.session.rollback()
         return None
     arrived = ps.last_modified is not None and ps.last_modified > started
-    record["status"] = RECEIVING if arrived else READY
+    record["status"] = RECEIVING if arrived else CONFLICT if record.get("conflicts") else READY
+    if record.get("conflicts") and not arrived:
+        record["message"] = "; ".join(record["conflicts"])
     record["last_modified"] = (ps.last_modified if arrived else utcnow()).isoformat()
     if arrived:
         prearchive.log(record, "more instances arrived while building; built again later")

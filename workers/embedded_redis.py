@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 _server = None
 
@@ -21,10 +23,30 @@ def start_embedded_redis(instance_path: str) -> str:
 
 
 def stop_embedded_redis() -> None:
+    """Stop the private Redis; make sure its process is gone."""
     global _server
-    if _server is not None:
+    if _server is None:
+        return
+    pid, _server_ref = _server.pid, _server
+    _server = None
+    try:
+        _server_ref.shutdown(save=True, now=True, force=True)
+    except Exception:  # the server closes the connection as it goes
+        pass
+    _wait_gone(pid)
+
+
+def _wait_gone(pid: int | None) -> None:
+    if not pid:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
         try:
-            _server.shutdown(save=True, now=True)
-        except Exception:
-            pass
-        _server = None
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return

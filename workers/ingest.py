@@ -32,7 +32,7 @@ from models import (
     db,
     utcnow,
 )
-from workers import anonymization, ingest_formats, prearchive, queue
+from workers import anonymization, ingest_formats, joining, prearchive, queue
 from workers.context import app_job
 from workers.faults import crash_point
 from workers.scans import Report, study_summary
@@ -87,23 +87,26 @@ def extract_upload(upload_id: str) -> None:
     if upload is None or upload.status in (UPLOAD_DONE, UPLOAD_FAILED):
         return
     upload.status = UPLOAD_EXTRACTING
+    (root, files), src, name = _dirs(upload), _source(upload), upload.params["file"]
+    # No file work inside a transaction: on SQLite it holds the write lock.
     db.session.commit()
-    root, files = _dirs(upload)
     members_file = root / "members.json"
     saved = storage.read_json(members_file)
     if saved is None:
         try:
-            kind, members = _members(upload)
+            kind, members = _members(src, name)
         except ExtractError as exc:
+            upload = db.session.get(Upload, upload_id)
             _quarantine_source(upload, str(exc))
             _fail(upload, str(exc))
             return
         if kind == "tar":
             # tar has no index to seek in: unpack it once here, read it in batches.
-            for _ in extract_members(_source(upload), members, files):
+            for _ in extract_members(src, members, files):
                 pass
         saved = {"kind": kind, "members": [[m.name, m.index, m.size] for m in members]}
         storage.write_json_atomic(members_file, saved)
+    upload = db.session.get(Upload, upload_id)
     upload.files_total = len(saved["members"])
     if not saved["members"]:
         _quarantine_source(upload, "the archive holds no files")
@@ -111,19 +114,18 @@ def extract_upload(upload_id: str) -> None:
         return
     upload.status = UPLOAD_READING
     db.session.commit()
-    queue.enqueue_read_batches(upload.id, len(saved["members"]))
+    queue.enqueue_read_batches(upload_id, len(saved["members"]))
 
 
-def _members(upload: Upload) -> tuple[str, list[Member]]:
+def _members(src: Path, name: str) -> tuple[str, list[Member]]:
     """Return the kind of upload ("zip", "tar" or "file") and its members."""
-    src = _source(upload)
     try:
         kind = archive_kind(src)
     except ExtractError:
         if formats.detect(src) is None:
             raise ExtractError("The file is neither a zip or tar archive nor a DICOM or "
                                "other image file.") from None
-        return "file", [Member(name=upload.params["file"], index=0, size=src.stat().st_size)]
+        return "file", [Member(name=name, index=0, size=src.stat().st_size)]
     return kind, list_members(src)
 
 
@@ -134,14 +136,17 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
     upload = db.session.get(Upload, upload_id)
     if upload is None or upload.status != UPLOAD_READING:
         return
-    root, files = _dirs(upload)
+    (root, files), src = _dirs(upload), _source(upload)
+    # End the read transaction: on SQLite it holds the write lock, and the
+    # other batches of the upload run at the same time.
+    db.session.commit()
     out = root / "batches" / f"{batch_no}.json"
     if out.exists():
         return
     saved = storage.read_json(root / "members.json")
     members = [Member(*saved["members"][i]) for i in indexes]
     results = []
-    for member, path in _unpacked(upload, saved["kind"], members, files):
+    for member, path in _unpacked(src, saved["kind"], members, files):
         crash_point("read_batch")
         results.append(ingest_formats.read_member(member.name, path))
     storage.write_json_atomic(out, results)
@@ -150,18 +155,18 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
     db.session.commit()
 
 
-def _unpacked(upload, kind, members, files):
+def _unpacked(src: Path, kind, members, files):
     """Yield (member, path on disk) for a batch, unpacking zip members first."""
     if kind == "zip":
         try:
-            yield from extract_members(_source(upload), members, files)
+            yield from extract_members(src, members, files)
         except ExtractError as exc:
             raise RuntimeError(str(exc)) from exc
     elif kind == "tar":
         for m in members:
             yield m, files / m.name
     else:
-        yield members[0], _source(upload)
+        yield members[0], src
 
 
 @app_job
@@ -197,6 +202,8 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     sessions += ingest_formats.place_resources(upload, loose, sessions, source_of, timestamp,
                                                report)
     sessions = _apply_site_script(sessions, source_of, report)
+    made = sessions
+    sessions, joined = joining.join_existing(upload, sessions, source_of, report)
 
     for _record, moves in sessions:
         _move_files(moves, source_of, report)
@@ -216,12 +223,16 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     upload.sessions = [{"project": r["project"], "timestamp": r["timestamp"],
                         "folder": r["folder"], "subject": r["subject"],
                         "session": r["session"], "study_uid": r["study_uid"]}
-                       for r, _ in sessions]
-    upload.status = UPLOAD_DONE if sessions else UPLOAD_FAILED
-    if not sessions:
+                       for r, _ in sessions] + [
+        {"project": ps.project, "timestamp": ps.timestamp, "folder": ps.folder,
+         "subject": ps.subject, "session": ps.session, "study_uid": ps.study_uid,
+         "joined": True} for ps in joined]
+    upload.status = UPLOAD_DONE if made else UPLOAD_FAILED
+    if not made:
         upload.error = "No DICOM or other image file could be read from the upload."
     upload.finished = utcnow()
     db.session.commit()
+    joining.rebuild_joined(joined)
     for ps in rows:
         prearchive.auto_archive(ps, after=queue.enqueue_make_snapshots(ps.id))
     storage.remove_tree(root)

@@ -11,10 +11,11 @@ import os
 
 from sqlalchemy import select
 
-from imaging import labels
+from imaging import labels, storage
 from models import (
     CONFLICT,
     MOVING,
+    QUEUED_BUILDING,
     QUEUED_MOVING,
     READY,
     TRANSIENT_STATUSES,
@@ -217,3 +218,63 @@ def requeue(ps: PrearchiveSession):
     if "merge_target" in record:
         return queue.enqueue_prearchive_tool("merge_sessions", ps.id, record["merge_target"])
     return None
+
+
+def request_rebuild(ps: PrearchiveSession) -> None:
+    """Queue a build of the session: its folder is read again and its index rewritten."""
+    from workers import queue
+
+    if ps.status not in prearchive.DURABLE_STATUSES:
+        raise prearchive.Busy(f"The session is {ps.status}; reset it first if it is stuck.")
+    ps.status = QUEUED_BUILDING
+    db.session.commit()
+    ps.job_id = queue.enqueue_build_session(ps.id).id
+    db.session.commit()
+
+
+def rebuild_index() -> list[str]:
+    """Recreate the prearchive's rows from its folders and records; return what changed.
+
+    A record gets its row back (people's label edits included, since they are
+    in the record); a folder without a record gets a new one and is built; a
+    row whose folder and record are both gone is dropped.
+    """
+    from workers import queue
+
+    root = storage.prearchive_root(prearchive.data_dir())
+    rows = {ps.relpath: ps for ps in db.session.scalars(select(PrearchiveSession))}
+    changes, seen = [], set()
+    for key_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for ts_dir in sorted(p for p in key_dir.iterdir() if p.is_dir()):
+            for folder in sorted(p for p in ts_dir.iterdir() if p.is_dir()):
+                rel = f"{key_dir.name}/{ts_dir.name}/{folder.name}"
+                seen.add(rel)
+                if rel in rows:
+                    continue
+                ps = _restore(key_dir.name, ts_dir.name, folder.name)
+                changes.append(f"{rel}: index row restored ({ps.status})")
+                if ps.status == QUEUED_BUILDING:
+                    ps.job_id = queue.enqueue_build_session(ps.id).id
+                    db.session.commit()
+    for rel, ps in rows.items():
+        if rel not in seen and not prearchive.record_path(ps).exists():
+            db.session.delete(ps)
+            changes.append(f"{rel}: folder and record gone, row dropped")
+    db.session.commit()
+    return changes
+
+
+def _restore(key: str, timestamp: str, folder: str) -> PrearchiveSession:
+    project = None if key == storage.UNASSIGNED else key
+    record = storage.read_json(storage.prearchive_json(prearchive.data_dir(), project,
+                                                       timestamp, folder))
+    if record is None:
+        record = prearchive.new_record(project, timestamp, folder, source="rebuild")
+        record["status"] = QUEUED_BUILDING
+        prearchive.log(record, "found on disk without its record; rebuilt")
+        prearchive.save_record(record)
+    ps = prearchive.index_record(record)
+    if record.get("status") not in prearchive.DURABLE_STATUSES:
+        ps.status = QUEUED_BUILDING
+    db.session.commit()
+    return ps

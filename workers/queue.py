@@ -16,6 +16,10 @@ from rq.job import Dependency, Job
 _connections: dict[str, Redis] = {}
 
 JOB_TIMEOUT = 6 * 3600
+# Each batch job opens the zip, which reads its whole central directory (a few
+# microseconds per entry): with batches of a fixed size that cost grew with the
+# square of the number of files. Past MAX_BATCHES, batches grow instead.
+MAX_BATCHES = 16
 RESULT_TTL = 3600
 FAILURE_TTL = 7 * 24 * 3600
 
@@ -69,7 +73,7 @@ def enqueue_extract_upload(upload_id: str):
 def enqueue_read_batches(upload_id: str, total: int):
     """Enqueue one read job per batch of members and the finishing job that
     depends on them all (and runs even when a batch failed, to report it)."""
-    size = current_app.config["BATCH_SIZE"]
+    size = max(current_app.config["BATCH_SIZE"], -(-total // MAX_BATCHES))
     batches = [list(range(i, min(i + size, total))) for i in range(0, total, size)]
     jobs = [_enqueue("workers.ingest.read_batch", upload_id, n, members)
             for n, members in enumerate(batches)]

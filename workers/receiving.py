@@ -308,7 +308,7 @@ class Receiving:
     def _find_or_start(self, key, ident, project, header, calling_ae, called_ae) -> Slot:
         """Return the slot of the study's joinable session, starting one if there is none."""
         try:
-            _lock_study(key)
+            lock_study(key)
             ps = db.session.scalar(
                 select(PrearchiveSession)
                 .where(PrearchiveSession.project_key == key[0],
@@ -419,7 +419,7 @@ class Receiving:
         return folder
 
 
-def _lock_study(key: tuple[str, str]) -> None:
+def lock_study(key: tuple[str, str]) -> None:
     """Serialise "join or start a session" for one study across processes.
 
     SQLite: the first statement begins an IMMEDIATE transaction, which already

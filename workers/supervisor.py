@@ -29,6 +29,9 @@ class Supervisor:
         self.host, self.port = host, port
         self.worker_count, self.web_workers, self.scp = worker_count, web_workers, scp
         self.children: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, float] = {}
+        self.backoff: dict[str, float] = {}
+        self.not_before: dict[str, float] = {}
         self.stopping = False
 
     def commands(self) -> dict[str, list[str]]:
@@ -66,6 +69,7 @@ class Supervisor:
         commands = self.commands()
         for name, command in commands.items():
             self.children[name] = subprocess.Popen(command, env=env, cwd=ROOT)
+            self.started[name] = time.monotonic()
         print(f"Scanyard on http://{self.host}:{self.port}/ with {self.worker_count} workers"
               f" (Redis {env['SCANYARD_REDIS_URL']}); Ctrl-C stops it.", flush=True)
         last_reconcile = 0.0
@@ -74,15 +78,30 @@ class Supervisor:
                 time.sleep(0.5)
                 for name, child in list(self.children.items()):
                     if child.poll() is not None and not self.stopping:
-                        print(f"{name} exited with {child.returncode}; starting it again",
-                              file=sys.stderr, flush=True)
-                        time.sleep(1)
-                        self.children[name] = subprocess.Popen(commands[name], env=env, cwd=ROOT)
+                        self._restart(name, child, commands[name], env)
                 if time.monotonic() - last_reconcile > RECONCILE_EVERY:
                     last_reconcile = time.monotonic()
                     self._reconcile()
         finally:
             self._shutdown()
+
+    def _restart(self, name: str, child, command: list[str], env: dict) -> None:
+        """Start a child that died again, waiting longer each time it dies soon
+        after it started (up to a minute), so a child that cannot start does
+        not spin."""
+        now = time.monotonic()
+        if name not in self.not_before:  # its death is new
+            quick = now - self.started.get(name, 0) < 30
+            self.backoff[name] = min(60.0, self.backoff.get(name, 0.5) * 2) if quick else 1.0
+            self.not_before[name] = now + self.backoff[name]
+            print(f"{name} exited with {child.returncode}; starting it again in "
+                  f"{self.backoff[name]:.0f} s", file=sys.stderr, flush=True)
+            return
+        if now < self.not_before[name]:
+            return
+        del self.not_before[name]
+        self.children[name] = subprocess.Popen(command, env=env, cwd=ROOT)
+        self.started[name] = now
 
     def _reconcile(self) -> None:
         from workers.reconcile import reconcile
