@@ -230,7 +230,7 @@ def dicom_step(data: Data, tmp: Path, rounds: int) -> dict:
     """Return {"KIND xN": figures} for each receiver and 1 or 4 associations, the medians
     of `rounds` rounds (each starting with another receiver, as bench/scp_ingest.py does)."""
     redis_url, _server = scp_ingest.redis_for(tmp)
-    kinds = ["scanyard", "bare"] + (["storescp"] if shutil.which("storescp") else []) \
+    kinds = ["scanyard", "bare"] + (["storescp"] if scp_ingest.dcmtk_tool("storescp") else []) \
         + (["orthanc"] if orthanc.available() else [])
     runs: dict[str, list[dict]] = {}
     for round_no in range(rounds):
@@ -366,7 +366,7 @@ def main(argv=None) -> int:
     skip = {s for s in args.skip.split(",") if s}
     if skip - set(STEPS):
         parser.error(f"unknown steps: {', '.join(sorted(skip - set(STEPS)))}")
-    if "dicom" not in skip and shutil.which("storescu") is None:
+    if "dicom" not in skip and scp_ingest.dcmtk_tool("storescu") is None:
         parser.error("the DICOM step needs DCMTK's storescu (apt-get install dcmtk), "
                      "or --skip dicom")
     from bench.report import show
