@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.listing_data import PASSWORD, Shape, fill, postgres_database, settle  # noqa: E402
+from workers.gunicorn_conf import post_worker_init  # noqa: E402
 
 GOAL_P95_MS = 200
 
@@ -131,6 +132,7 @@ def measure(app, picked: dict, requests: int, counter: QueryCounter) -> dict:
     """Return {user: {listing: {"median", "p95", "max", "queries", "sql_ms"}, or None when
     the path answers 404 (no REST API in this checkout)}}."""
     clients = {user: login(app, user) for user in USERS}
+    post_worker_init()  # as serve's web processes do once the app is loaded
     results: dict = {user: {} for user in USERS}
     for name, next_url in listings(picked, random.Random(11)).items():
         url = next_url()

@@ -40,7 +40,8 @@ class Supervisor:
             "web": [sys.executable, "-m", "gunicorn", "--bind", f"{self.host}:{self.port}",
                     "--worker-class", "gthread", "--workers", str(self.web_workers),
                     "--threads", "8", "--timeout", "300", "--graceful-timeout", "20",
-                    "--access-logfile", "-", "app:create_app()"],
+                    "--access-logfile", "-", "--config", "python:workers.gunicorn_conf",
+                    "app:create_app()"],
         }
         for n in range(self.worker_count):
             commands[f"worker-{n + 1}"] = flask + ["worker"]
