@@ -14,8 +14,9 @@ then measures, in this order:
            pynetdicom receiver, and DCMTK's storescp and Orthanc when installed;
            then Scanyard archives the four received sessions (RQ's job times);
   zip      the HTTP upload of a zip to READY through bench/ingest_zip.py (its
-           bare single-process loop and memory included) when that script is
-           here, and the same data set's zip POSTed to Orthanc's /instances;
+           bare single-process loop and memory included; it makes its own zip
+           of as many instances, one study) when that script is here, and the
+           same zip POSTed to Orthanc's /instances;
   listing  bench/listing.py in a process of its own: pages and REST lists with
            1,000,000 files indexed (--listing-files 5 for 100,000).
 
@@ -261,26 +262,32 @@ def _median_run(results: list[dict]) -> dict:
 # --- zip upload ------------------------------------------------------------------------
 
 def zip_step(args, data: Data, tmp: Path) -> dict:
+    """Return Scanyard's zip upload figures and Orthanc's for the same zip: the one
+    bench/ingest_zip.py made (it makes its own), else the data set's."""
     results = {"scanyard": scanyard_zip(args, data)}
     if orthanc.available():
+        zip_path = Path(results["scanyard"].get("zip") or data.zip)
+        with zipfile.ZipFile(zip_path) as zf:
+            members = [i for i in zf.infolist() if not i.is_dir()]
         scp_ingest.settle_disk()
         server = orthanc.Orthanc(tmp / "orthanc-zip")
         memory = PeakMemory({"Orthanc": server.proc.pid})
         try:
-            seconds, stored = server.upload_zip(data.zip)
+            seconds, stored = server.upload_zip(zip_path)
         finally:
             results["orthanc memory"] = memory.stop()
             server.stop()
-        if stored != data.count:
-            raise RuntimeError(f"Orthanc stored {stored} of {data.count} instances")
-        results["orthanc"] = {"rate": data.count / seconds, "mb_per_s": data.bytes / seconds / 1e6}
+        if stored != len(members):
+            raise RuntimeError(f"Orthanc stored {stored} of {len(members)} instances")
+        results["orthanc"] = {"rate": stored / seconds,
+                              "mb_per_s": sum(i.file_size for i in members) / seconds / 1e6}
     return results
 
 
 def scanyard_zip(args, data: Data) -> dict:
     """Return the zip upload figures of bench/ingest_zip.py, or {"missing": why}.
 
-    The figures: files, rate (instances/s to READY), mb_per_s, bare_ratio
+    The figures: zip (its path), files, rate (instances/s to READY), mb_per_s, bare_ratio
     (over its bare single-process loop), archive_s (until the archived
     session's page answers), archive_job_s and memory ({process: MB}). A script
     with --json writes them itself; from one without, the data of the table
@@ -326,7 +333,8 @@ def _ingest_zip_figures(shown: dict) -> dict:
     ready = statistics.median(r["ready"] for r in rounds)
     unpacked = sum(i.file_size for i in zipfile.ZipFile(shown["zip"]).infolist())
     memory = shown.get("memory", {})
-    return {"rate": shown["files"] / ready, "mb_per_s": unpacked / ready / 1e6,
+    return {"zip": shown["zip"], "rate": shown["files"] / ready,
+            "mb_per_s": unpacked / ready / 1e6,
             "bare_ratio": statistics.median(r["bare"] / r["ready"] for r in rounds),
             "archive_s": max(r["archive"] for r in rounds),
             "archive_job_s": max(shown.get("jobs", {}).get("archive_session") or [0.0]),
