@@ -162,7 +162,7 @@ def _unpacked(src: Path, kind, members, files):
             yield from extract_members(src, members, files)
         except ExtractError as exc:
             raise RuntimeError(str(exc)) from exc
-    elif kind == "tar":
+    elif kind in ("tar", "folder"):  # unpacked (or copied) into files/ already
         for m in members:
             yield m, files / m.name
     else:
@@ -415,14 +415,15 @@ def upload_report(upload: Upload) -> dict:
 
 
 def start_upload(path: Path, original_name: str, params: dict, *, source: str = "web",
-                 user_id: int | None = None) -> Upload:
+                 user_id: int | None = None, size: int | None = None) -> Upload:
     """Record an upload whose file is stored at ``uploads/{id}/``, then queue its job.
 
     ``params`` holds the explicit project, subject, session and session_date.
     The row is committed before the job is enqueued, so a worker always finds it.
     """
     upload = Upload(id=path.parent.name, source=source, original_name=original_name,
-                    size=path.stat().st_size, project=params.get("project"),
+                    size=path.stat().st_size if size is None else size,
+                    project=params.get("project"),
                     params={**params, "file": path.name}, user_id=user_id)
     db.session.add(upload)
     db.session.commit()
