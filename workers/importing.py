@@ -157,3 +157,12 @@ def wait_for_removal(prearchive_ids: list[int], seconds: float) -> bool:
             PrearchiveSession.id.in_(prearchive_ids))).all()
         return True if not left else None
     return bool(wait_until(check, seconds))
+
+
+def progress_of(upload_id: str) -> tuple[str, int, int]:
+    """Return an upload's (status, files_total, files_read) as committed now."""
+    db.session.rollback()
+    upload = db.session.get(Upload, upload_id, populate_existing=True)
+    snapshot = (upload.status, upload.files_total, upload.files_read)
+    db.session.rollback()
+    return snapshot
