@@ -234,3 +234,22 @@ def live_server(app):
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join()
+
+
+@pytest.fixture
+def api_headers(app):
+    """Return a function giving a user's script headers: a personal token sent as
+    a bearer (checked with one sha256, where a password costs a slow hash)."""
+    from blueprints.auth import new_token
+    from models import User
+
+    tokens: dict[str, str] = {}
+
+    def headers(username: str) -> dict:
+        if username not in tokens:
+            with app.app_context():
+                user = db.session.query(User).filter_by(username=username).one()
+                tokens[username] = new_token(user, "tests")
+                db.session.commit()
+        return {"Authorization": f"Bearer {tokens[username]}"}
+    return headers

@@ -39,7 +39,8 @@ def _columns(rows: list[dict], default: list[str]) -> list[str]:
         return default
     known = set(default).union(*(r.keys() for r in rows)) if rows else set(default)
     # URI always comes along: clients (pyxnat) take the object's address from it.
-    return [c for c in asked if c in known] + (["URI"] if "URI" not in asked else [])
+    uri = ["URI"] if "URI" in known and "URI" not in asked else []
+    return [c for c in asked if c in known] + uri
 
 
 def result_set(rows: list[dict], default: list[str], title: str = "") -> Response:
