@@ -67,7 +67,9 @@ def test_a_zip_goes_to_the_prearchive_and_the_answer_lists_its_sessions(app, scr
                   "quarantined", "messages", "sessions", "error"):
         assert field in report, field
     assert report["status"] == "DONE" and report["files_total"] == report["files_read"] == 5
+    assert report["progress"] == 1.0 and report["stored"] == 5 and report["error"] is None
     assert sorted(s["session"] for s in report["sessions"]) == ["PAT_A", "PAT_B"]
+    assert sorted(s["uri"] for s in report["sessions"]) == sorted(uris)
 
 
 def test_a_zip_with_dest_archive_lands_in_the_archive_under_the_given_labels(
@@ -143,10 +145,12 @@ def test_past_the_wait_the_answer_is_202_and_the_upload_to_follow(app, script, r
     assert res.status_code == 202
     follow = res.get_data(as_text=True).strip()
     assert follow.startswith("/api/uploads/") and res.headers["Location"] == follow
-    assert script.get(follow).get_json()["status"] == "QUEUED"
+    waiting = script.get(follow).get_json()
+    assert (waiting["status"], waiting["progress"], waiting["sessions"]) == ("QUEUED", 0.0, [])
     run_jobs()
     report = script.get(follow).get_json()
     assert report["status"] == "DONE" and report["stored"] == 4
+    assert report["sessions"][0]["uri"].startswith("/data/prearchive/projects/p1/")
 
 
 def test_import_parameters_are_checked_before_the_body_is_stored(app, script, make_user,

@@ -166,3 +166,18 @@ def progress_of(upload_id: str) -> tuple[str, int, int]:
     snapshot = (upload.status, upload.files_total, upload.files_read)
     db.session.rollback()
     return snapshot
+
+
+def current_uri(entry: dict) -> str | None:
+    """Return the URI of a session an upload made (`entry` as in Upload.sessions),
+    where it is now: in the prearchive, or archived (found by its StudyInstanceUID)."""
+    ps = _prearchive_row(entry)
+    if ps is not None:
+        return prearchive_uri(ps.project, ps.timestamp, ps.folder)
+    if entry.get("study_uid"):
+        session = db.session.scalar(select(ImagingSession).join(Project).where(
+            ImagingSession.study_uid == entry["study_uid"],
+            Project.label == entry["project"]))
+        if session is not None:
+            return archive_uri(session.project.label, session.subject.label, session.label)
+    return None

@@ -403,7 +403,7 @@ def upload_report(upload: Upload) -> dict:
         "id": upload.id, "status": upload.status, "source": upload.source,
         "name": upload.original_name, "size": upload.size, "project": upload.project,
         "files_total": upload.files_total, "files_read": upload.files_read,
-        "stored": upload.stored, "duplicates": upload.duplicates,
+        "progress": _progress(upload), "stored": upload.stored, "duplicates": upload.duplicates,
         "quarantined": upload.quarantined, "error": upload.error,
         "messages": upload.messages or [],
         "quarantined_files": (upload.params or {}).get("quarantined_files", []),
@@ -412,6 +412,12 @@ def upload_report(upload: Upload) -> dict:
         "finished": upload.finished.isoformat() + "Z" if upload.finished else None,
     }
 
+
+def _progress(upload: Upload) -> float:
+    """Return how far the upload's jobs are, from 0 to 1."""
+    if upload.status in (UPLOAD_DONE, UPLOAD_FAILED):
+        return 1.0
+    return round(upload.files_read / upload.files_total, 3) if upload.files_total else 0.0
 
 
 def start_upload(path: Path, original_name: str, params: dict, *, source: str = "web",
