@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import request
 
-from blueprints.xnat import bp, changes, files, listing, output, paths
+from blueprints.xnat import bp, changes, files, listing, paths
 
 ROOTS = "<any(projects, subjects, experiments):root>"
 PREFIXES = ("/data", "/data/archive", "/REST")
@@ -27,13 +27,7 @@ def read(root, rest):
     target = paths.resolve(f"{root}/{rest}", "GET")
     if target.leaf == "files":
         return files.download(target)
-    if target.is_listing or (target.scans is not None and target.scan is None):
-        rows, kind = listing.collection_rows(target)
-        if target.scans is not None and not target.is_listing:
-            rows = [listing.scan_row(s) for s in target.scans]
-        return output.result_set(listing.filtered(rows, request.args),
-                                 listing.COLUMNS[kind], listing.TITLES[kind])
-    return output.items(listing.object_item(target))
+    return listing.answer(target)
 
 
 @_route("write", ["PUT", "POST"])

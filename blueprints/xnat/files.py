@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flask import abort, request, send_file
 
-from blueprints import streaming
+from blueprints import audit, streaming
 from blueprints.xnat import listing, output
 from blueprints.xnat.paths import Target
 from blueprints.zipstream import zip_response
@@ -79,17 +79,22 @@ def _store(t: Target) -> list[resources.Added]:
 
 
 def store(t: Target):
-    """Store the request's file(s) in the resource; answer 200, 400 or 409."""
+    """Store the request's file(s) in the resource; answer 200 (with the problems
+    noted, if any), 400 or 409."""
     try:
-        _store(t)
-        db.session.commit()
+        added = _store(t)
     except ResourceConflict as exc:
         db.session.rollback()
         abort(409, str(exc))
     except ResourceError as exc:
         db.session.rollback()
         abort(400, str(exc))
-    return output.plain("")
+    stored = [f.path for a in added for f in a.files]
+    audit.record("upload", project=t.project.label, target=request.path, files=len(stored))
+    db.session.commit()
+    # What was stored with a problem (a damaged image header, ...) is said, one per line.
+    return output.plain("".join(f"{p['name']}: {p['reason']}\n"
+                                for a in added for p in a.problems))
 
 
 def _zip_prefix(owner: Owner, resource: Resource) -> str:

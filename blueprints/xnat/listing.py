@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from flask import request
 from sqlalchemy import func, select
 
 from blueprints import access
@@ -281,3 +282,14 @@ def object_item(t: Target) -> dict:
                            _fields(reconstruction_row(t.reconstruction, t.session)),
                            [output.child("out/file", _resource_items(resources_of(t.owner())))])
     return _resource_items([t.resource])[0]
+
+
+def answer(t: Target):
+    """Answer GET on a path that ends on a collection (ResultSet) or an object (items);
+    several scans (scans/1,2 or scans/ALL) are a collection too."""
+    if t.is_listing or (t.scans is not None and t.scan is None):
+        rows, kind = collection_rows(t)
+        if not t.is_listing:
+            rows = [scan_row(s) for s in t.scans]
+        return output.result_set(filtered(rows, request.args), COLUMNS[kind], TITLES[kind])
+    return output.items(object_item(t))
