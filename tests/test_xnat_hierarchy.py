@@ -272,6 +272,10 @@ def test_put_creates_and_answers_the_id_and_refuses_bad_values(app, script, lab)
         assert (mr.modality, str(mr.session_date), mr.xsi_type) == (
             "MR", "2024-01-31", "xnat:mrSessionData")
         assert res.get_data(as_text=True) == f"SCANYARD_E{mr.id:05d}"
+    created = script.put("/data/projects/p1/subjects/S1/experiments/NEW_ID?label=MR2")
+    assert created.status_code == 200
+    assert script.get("/data/projects/p1/experiments/MR2").get_json()["items"][0][
+        "data_fields"]["ID"] == created.get_data(as_text=True)
     for url, code in (("/data/projects/p1/subjects/bad%20label", 400),
                       ("/data/projects/p1/subjects/S1/experiments/X?date=yesterday", 400),
                       ("/data/projects/p1/subjects/S1/experiments/X?xsiType=nonsense", 400),
@@ -328,3 +332,15 @@ def test_an_uploaded_and_archived_session_is_listed_with_its_dicom(app, script, 
     with zipfile.ZipFile(io.BytesIO(res.data)) as zf:
         got = {hashlib.sha256(zf.read(n)).hexdigest() for n in zf.namelist()}
     assert got == {hashlib.sha256(d).hexdigest() for d in files}
+
+
+def test_a_raw_body_labelled_as_a_form_is_stored_whole(script, lab):
+    """curl --data-binary sends any file as application/x-www-form-urlencoded;
+    the cap on forms (read into memory) must not refuse it."""
+    import os
+
+    big = os.urandom(2_000_000)
+    url = f"/data/experiments/{lab['E']}/resources/RAW/files/big.bin"
+    res = script.put(url, data=big, content_type="application/x-www-form-urlencoded")
+    assert res.status_code == 200, res.data
+    assert script.get(url).data == big

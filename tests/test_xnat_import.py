@@ -101,7 +101,9 @@ def test_a_zip_with_dest_archive_lands_in_the_archive_under_the_given_labels(
 
 def test_auto_archive_uses_the_labels_from_the_headers(script, worker):
     _, _, body = study_zip(patient_id="HDR1")
-    res = script("/data/services/import?project=p1&AA=true", data=body, headers=ZIP)
+    # As curl --data-binary sends it: labelled a form.
+    res = script("/data/services/import?project=p1&AA=true", data=body,
+                 content_type="application/x-www-form-urlencoded")
     assert lines(res) == ["/data/archive/projects/p1/subjects/DOE_JOHN/experiments/HDR1"]
 
 

@@ -32,7 +32,9 @@ from models import (
 from workers import prearchive
 from workers.archiving import ArchiveRefused
 
-POLL_SECONDS = 0.2
+# Short jobs (a gradual import's one file) are seen soon; long ones cost few queries.
+POLL_FIRST_SECONDS = 0.02
+POLL_MAX_SECONDS = 0.5
 
 
 def prearchive_uri(project: str | None, timestamp: str, folder: str) -> str:
@@ -47,13 +49,15 @@ def wait_until(check: Callable[[], object], seconds: float) -> object:
     """Call `check` until it returns something other than None or `seconds` pass;
     return that, or None. Each call sees the latest commits."""
     deadline = time.monotonic() + max(seconds, 0)
+    pause = POLL_FIRST_SECONDS
     while True:
         db.session.rollback()  # a fresh snapshot, and no lock held while sleeping
         result = check()
         db.session.rollback()
         if result is not None or time.monotonic() >= deadline:
             return result
-        time.sleep(POLL_SECONDS)
+        time.sleep(pause)
+        pause = min(pause * 1.5, POLL_MAX_SECONDS)
 
 
 def _prearchive_row(entry: dict) -> PrearchiveSession | None:

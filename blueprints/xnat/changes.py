@@ -39,6 +39,12 @@ def _given(names: dict) -> dict:
     return found
 
 
+def _new_label(t: Target) -> str:
+    """Return the label of an object being created: ``label=`` when given (the path
+    may name it by the ID a script chose), else the path's last part."""
+    return param("label") or t.missing
+
+
 def _no_relabel(current: str) -> None:
     label = param("label")
     if label and label != current:
@@ -78,7 +84,7 @@ def put(t: Target) -> tuple[str, bool]:
     if kind == "subjects":
         if new:
             return hierarchy.xnat_id("subject", hierarchy.create_subject(
-                t.project, t.missing).id), True
+                t.project, _new_label(t)).id), True
         _no_relabel(t.subject.label)
         return hierarchy.xnat_id("subject", t.subject.id), False
     if kind == "experiments":
@@ -93,13 +99,13 @@ def put(t: Target) -> tuple[str, bool]:
     if kind == "assessors":
         if new:
             xsi = hierarchy.check_xsi_type(param("xsiType"))
-            row = hierarchy.create_assessor(t.session, t.missing, xsi)
+            row = hierarchy.create_assessor(t.session, _new_label(t), xsi)
             return hierarchy.xnat_id("assessor", row.id), True
         _no_relabel(t.assessor.label)
         return hierarchy.xnat_id("assessor", t.assessor.id), False
     if kind == "reconstructions":
         if new:
-            row = hierarchy.create_reconstruction(t.session, t.missing, param("type"))
+            row = hierarchy.create_reconstruction(t.session, _new_label(t), param("type"))
             return hierarchy.xnat_id("reconstruction", row.id), True
         _no_relabel(t.reconstruction.label)
         return hierarchy.xnat_id("reconstruction", t.reconstruction.id), False
@@ -135,7 +141,7 @@ def _put_session(t: Target) -> tuple[str, bool]:
         if subject is None:
             raise HierarchyError("Create the experiment under its subject: "
                                  ".../subjects/{subject}/experiments/{label}.")
-    session = hierarchy.create_session(t.project, subject, t.missing, fields)
+    session = hierarchy.create_session(t.project, subject, _new_label(t), fields)
     return hierarchy.xnat_id("session", session.id), True
 
 
