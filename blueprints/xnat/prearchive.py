@@ -147,20 +147,20 @@ def prearchive_service(operation):
 
 
 def _delete(sessions: list[PrearchiveSession]):
+    # Read everything first: a worker may delete the rows as soon as they are queued.
+    found = [(ps.id, ps.project, ps.relpath) for ps in sessions]
     try:
         for ps in sessions:
             prearchive.check_idle(ps, "deleted")
-        for ps in sessions:
+        for (_, project, relpath), ps in zip(found, sessions, strict=True):
+            audit.record("delete", project=project, target=relpath, what="prearchive session")
             prearchive.request_delete(ps)
-            audit.record("delete", project=ps.project, target=ps.relpath,
-                         what="prearchive session")
-        db.session.commit()
     except prearchive.Busy as exc:
         db.session.rollback()
         abort(409, str(exc))
-    uris = [f"/data/prearchive/projects/{ps.relpath}" for ps in sessions]
-    done = importing.wait_for_removal([ps.id for ps in sessions], _wait())
-    return output.plain("".join(u + "\n" for u in uris), 200 if done else 202)
+    done = importing.wait_for_removal([row_id for row_id, _, _ in found], _wait())
+    return output.plain("".join(f"/data/prearchive/projects/{relpath}\n"
+                                for _, _, relpath in found), 200 if done else 202)
 
 
 def _options(ps: PrearchiveSession) -> dict:
@@ -191,22 +191,23 @@ def _options(ps: PrearchiveSession) -> dict:
 def _archive(ps: PrearchiveSession):
     """Archive a session as the request asks; answer its archive URI when done."""
     options = _options(ps)
+    # Read everything first: a worker may archive (and drop) the row as soon as it is queued.
+    relpath = ps.relpath
+    entry = {"project": options["project"], "timestamp": ps.timestamp,
+             "folder": ps.folder, "session": options["session"], "prearchive": ps.project}
     try:
+        audit.record("archive", project=options["project"], target=relpath,
+                     subject=options["subject"], session=options["session"],
+                     overwrite=options["overwrite"])
         prearchive.request_archive(ps, options)
     except (ArchiveRefused, prearchive.Busy) as exc:
         db.session.rollback()
         abort(409, str(exc))
-    audit.record("archive", project=options["project"], target=ps.relpath,
-                 subject=options["subject"], session=options["session"],
-                 overwrite=options["overwrite"])
-    db.session.commit()
-    entry = {"project": options["project"], "timestamp": ps.timestamp,
-             "folder": ps.folder, "session": options["session"], "prearchive": ps.project}
     outcome = importing.wait_for_archive(entry, _wait())
     if outcome.state == "done":
         return output.plain(outcome.uris[0] + "\n")
     if outcome.state == "pending":
-        return output.plain(f"/data/prearchive/projects/{ps.relpath}\n", 202)
+        return output.plain(f"/data/prearchive/projects/{relpath}\n", 202)
     abort(409, outcome.message)
 
 
