@@ -187,8 +187,11 @@ def import_command(path, project, subject, session, archive, overwrite):
     running = workers_running()
     if not running:
         click.echo("No worker is running: the jobs run in this process.")
+    upload_id = upload.id
     with nullcontext() if running else BackgroundWorker(current_app._get_current_object()):
-        _follow(upload.id, archive)
+        outcome = _follow(upload_id, archive)
+    # After the jobs (snapshots too): this process holds no transaction while they run.
+    _report(upload_id, outcome)
 
 
 def _import_params(project, subject, session, archive, overwrite) -> dict:
@@ -202,12 +205,12 @@ def _import_params(project, subject, session, archive, overwrite) -> dict:
         session = check_label(session, "Session label") if session else None
     except LabelError as exc:
         raise click.BadParameter(str(exc)) from None
-    return {"project": project, "subject": subject, "session": session, "archive": archive,
-            "overwrite": overwrite}
+    return {"project": project, "subject": subject, "session": session,
+            "auto_archive": archive or None, "overwrite": overwrite}
 
 
-def _follow(upload_id: str, archive: bool) -> None:
-    """Show the upload's progress until its jobs end, then its report."""
+def _follow(upload_id: str, archive: bool):
+    """Show the upload's progress until its jobs end; return its Outcome."""
     import time
 
     from workers import importing
@@ -226,8 +229,8 @@ def _follow(upload_id: str, archive: bool) -> None:
         bar.update(max(total, 1) - shown)
     if archive and status == "DONE":
         click.echo("Archiving...")
-    outcome = importing.wait_for_upload(upload_id, float("inf") if archive else 0)
-    _report(upload_id, outcome)
+    # Until the sessions settle: built again when joined, archived when asked.
+    return importing.wait_for_upload(upload_id, float("inf"))
 
 
 def _report(upload_id: str, outcome) -> None:

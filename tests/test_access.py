@@ -150,8 +150,8 @@ ROUTES = {
                              "{xarchive_role}", EDITORS, 404, None),
     "xnat.prearchive_service": ("POST", "/data/services/prearchive/delete?src=/prearchive/"
                                 "projects/{xpdelete_role}", EDITORS, 404, None),
-    "xnat.import_service": ("POST", "/data/services/import?project=p1", EDITORS, 403,
-                            "import"),
+    "xnat.import_service": ("POST", "/data/services/import?dest=/prearchive/projects/p1",
+                            EDITORS, 403, "import"),
 }
 
 

@@ -135,11 +135,15 @@ def test_move_sends_a_session_to_another_projects_prearchive(app, lab):
     assert back.get_data(as_text=True).strip() == uri
 
 
-def test_build_and_rebuild_answer_501_until_the_session_builder_lands(lab):
+def test_build_and_rebuild_read_the_folder_again(app, lab):
     call, uri = lab
     for res in (call("POST", uri + "?action=build"),
                 call("POST", f"/data/services/prearchive/rebuild?src={uri}")):
-        assert res.status_code == 501 and "session builder" in res.get_json()["error"]
+        assert res.status_code == 200, res.data
+        assert res.get_data(as_text=True).strip() == uri
+        (item,) = call("GET", uri).get_json()["items"]
+        assert item["data_fields"]["status"] == "READY"
+        assert [s["data_fields"]["files"] for s in item["children"][0]["items"]] == [2, 2]
 
 
 def test_prearchive_services_check_who_asks(app, lab, api_headers):

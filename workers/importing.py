@@ -1,26 +1,29 @@
 """Imports for scripts and the command line, on top of the upload pipeline
-(workers.ingest): archiving what an import produced, waiting for it, and the
-URIs that answer it.
+(workers.ingest) and the receiver's filing (workers.receiving): where an
+import's sessions are, waiting for them, and the URIs that answer it.
 
 The REST import service and ``flask import`` create the Upload row and queue
-its jobs exactly as the web form does. With ``params["archive"]`` the
-finishing job queues the archiving of each session it made
-(archive_after_upload), so that the archive happens even when nobody waits
-for it. Waiting is polling the rows: the database is the truth, and a waiter
-never holds a transaction open while it sleeps (SQLite's write lock).
+its jobs exactly as the web form does; asking for the archive sets the
+upload's ``auto_archive``, so the jobs archive the sessions even when nobody
+waits (prearchive.auto_archive). A gradual-DICOM file is filed as the DICOM
+receiver files an instance: into the RECEIVING session of its study, built
+once no file has come for SCANYARD_SESSION_IDLE_SECONDS. Waiting is polling
+the rows: the database is the truth, and a waiter never holds a transaction
+open while it sleeps (SQLite's write lock).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from sqlalchemy import select
+from flask import current_app
+from sqlalchemy import or_, select
 
-from imaging import storage
+from imaging import dicomio, storage
 from models import (
-    ARCHIVING,
-    QUEUED_ARCHIVING,
+    TRANSIENT_STATUSES,
     UPLOAD_DONE,
     UPLOAD_FAILED,
     ImagingSession,
@@ -29,12 +32,14 @@ from models import (
     Upload,
     db,
 )
-from workers import prearchive
-from workers.archiving import ArchiveRefused
 
-# Short jobs (a gradual import's one file) are seen soon; long ones cost few queries.
+# Short jobs are seen soon; long ones cost few queries.
 POLL_FIRST_SECONDS = 0.02
 POLL_MAX_SECONDS = 0.5
+
+
+class Unreadable(ValueError):
+    """A gradual-DICOM body that is not a DICOM instance; kept in quarantine."""
 
 
 def prearchive_uri(project: str | None, timestamp: str, folder: str) -> str:
@@ -69,28 +74,14 @@ def _prearchive_row(entry: dict) -> PrearchiveSession | None:
         folder=entry["folder"]))
 
 
-def archive_after_upload(upload: Upload) -> None:
-    """Queue the archiving of the sessions an upload made, when it asked for that.
-
-    A session that cannot be archived (its label is taken, no subject, ...)
-    stays in the prearchive with the reason as its message.
-    """
-    if not (upload.params or {}).get("archive") or upload.status != UPLOAD_DONE:
-        return
-    messages = list(upload.messages or [])
-    for entry in upload.sessions or []:
-        ps = _prearchive_row(entry)
-        if ps is None:
-            continue
-        try:
-            prearchive.request_archive(ps, {"overwrite": upload.params.get("overwrite")})
-        except (ArchiveRefused, prearchive.Busy) as exc:
-            ps.message = str(exc)
-            messages.append(f"Session {ps.folder} was not archived: {exc}")
-            db.session.commit()
-    if messages != (upload.messages or []):
-        upload.messages = messages
-        db.session.commit()
+def _archived(entry: dict) -> ImagingSession | None:
+    """Return the archived session an entry went to: by its label in its project,
+    else by its StudyInstanceUID."""
+    found = or_(ImagingSession.label == entry.get("session"),
+                ImagingSession.study_uid == entry.get("study_uid", "-"))
+    return db.session.scalars(select(ImagingSession).join(Project).where(
+        Project.label == entry["project"], found)
+        .order_by((ImagingSession.label == entry.get("session")).desc())).first()
 
 
 @dataclass
@@ -104,22 +95,25 @@ class Outcome:
 
 
 def session_outcome(entry: dict, archive: bool) -> Outcome:
-    """Return where one session of an upload stands (`entry` as in Upload.sessions)."""
+    """Return where one session of an upload stands (`entry` as in Upload.sessions).
+
+    A session asked to be archived is done once archived, or refused when it
+    stays in the prearchive with a reason; one that joined a session waiting
+    in the prearchive is done when that session is built again.
+    """
     ps = _prearchive_row(entry)
-    if not archive:
-        return Outcome("done", [prearchive_uri(entry["project"], entry["timestamp"],
-                                               entry["folder"])])
-    if ps is not None:
-        if ps.status in (QUEUED_ARCHIVING, ARCHIVING) or not ps.message:
-            return Outcome("pending")
-        return Outcome("refused", message=ps.message)
-    session = db.session.scalar(select(ImagingSession).join(Project).filter(
-        Project.label == entry["project"], ImagingSession.label == entry["session"]))
-    if session is None:
-        return Outcome("failed", message=f"Session {entry['folder']} is neither in the "
-                                         "prearchive nor in the archive.")
-    return Outcome("done", [archive_uri(entry["project"], session.subject.label,
-                                        session.label)])
+    if ps is None:
+        session = _archived(entry)
+        if session is None:
+            return Outcome("failed", message=f"Session {entry['folder']} is neither in the "
+                                             "prearchive nor in the archive.")
+        return Outcome("done", [archive_uri(entry["project"], session.subject.label,
+                                            session.label)])
+    if ps.status in TRANSIENT_STATUSES:
+        return Outcome("pending")
+    if archive and not entry.get("joined"):
+        return Outcome("refused", message=ps.message) if ps.message else Outcome("pending")
+    return Outcome("done", [prearchive_uri(ps.project, ps.timestamp, ps.folder)])
 
 
 def upload_outcome(upload_id: str) -> Outcome:
@@ -129,7 +123,7 @@ def upload_outcome(upload_id: str) -> Outcome:
         return Outcome("failed", message=upload.error or "The import failed.")
     if upload.status != UPLOAD_DONE:
         return Outcome("pending")
-    archive = bool((upload.params or {}).get("archive"))
+    archive = bool((upload.params or {}).get("auto_archive"))
     outcomes = [session_outcome(entry, archive) for entry in upload.sessions or []]
     for state in ("refused", "failed", "pending"):
         found = [o for o in outcomes if o.state == state]
@@ -163,6 +157,55 @@ def wait_for_removal(prearchive_ids: list[int], seconds: float) -> bool:
     return bool(wait_until(check, seconds))
 
 
+def wait_for_idle(prearchive_id: int, seconds: float) -> PrearchiveSession | None:
+    """Wait for a prearchive session's job (build, move) to end; return its row,
+    or None when the wait ran out."""
+    def check():
+        ps = db.session.get(PrearchiveSession, prearchive_id, populate_existing=True)
+        return None if ps is None or ps.status in TRANSIENT_STATUSES else ps.id
+    found = wait_until(check, seconds)
+    return db.session.get(PrearchiveSession, found) if found else None
+
+
+def file_gradual(path: Path, params: dict) -> Outcome:
+    """File one DICOM instance as the receiver does: into the RECEIVING session of
+    its study (started when there is none); return that session's URI.
+
+    Raises Unreadable (the bytes go to quarantine with the reason).
+    """
+    from workers.receivers import Directory
+    from workers.receiving import Receiving
+    from workers.receiving import Unreadable as NotFiled
+
+    app = current_app._get_current_object()
+    receiving = Receiving(app, Directory(app.config["SCP_AE_TITLE"], db.engine), source="rest")
+    data = path.read_bytes()
+    db.session.commit()  # the filing takes the study's lock in a transaction of its own
+    try:
+        info = dicomio.read_dicom(path)
+        receiving.store(data, info.meta_length, params["project"], "REST", "gradual-DICOM",
+                        explicit={k: params.get(k) for k in ("project", "subject", "session")})
+    except (dicomio.NotDicom, NotFiled) as exc:
+        receiving.quarantine(data, str(exc), source="gradual-DICOM")
+        raise Unreadable(str(exc)) from None
+    receiving.flush()
+    ps = db.session.scalar(select(PrearchiveSession).filter_by(study_uid=info.study_uid)
+                           .order_by(PrearchiveSession.id.desc()))
+    return Outcome("done", [prearchive_uri(ps.project, ps.timestamp, ps.folder)])
+
+
+def current_uri(entry: dict) -> str | None:
+    """Return the URI of a session an upload made (`entry` as in Upload.sessions),
+    where it is now: in the prearchive, or archived."""
+    ps = _prearchive_row(entry)
+    if ps is not None:
+        return prearchive_uri(ps.project, ps.timestamp, ps.folder)
+    session = _archived(entry)
+    if session is not None:
+        return archive_uri(session.project.label, session.subject.label, session.label)
+    return None
+
+
 def progress_of(upload_id: str) -> tuple[str, int, int]:
     """Return an upload's (status, files_total, files_read) as committed now."""
     db.session.rollback()
@@ -170,18 +213,3 @@ def progress_of(upload_id: str) -> tuple[str, int, int]:
     snapshot = (upload.status, upload.files_total, upload.files_read)
     db.session.rollback()
     return snapshot
-
-
-def current_uri(entry: dict) -> str | None:
-    """Return the URI of a session an upload made (`entry` as in Upload.sessions),
-    where it is now: in the prearchive, or archived (found by its StudyInstanceUID)."""
-    ps = _prearchive_row(entry)
-    if ps is not None:
-        return prearchive_uri(ps.project, ps.timestamp, ps.folder)
-    if entry.get("study_uid"):
-        session = db.session.scalar(select(ImagingSession).join(Project).where(
-            ImagingSession.study_uid == entry["study_uid"],
-            Project.label == entry["project"]))
-        if session is not None:
-            return archive_uri(session.project.label, session.subject.label, session.label)
-    return None

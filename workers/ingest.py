@@ -334,6 +334,8 @@ def plan_sessions(upload: Upload, good, timestamp: str, report: Report):
         record["study"] = study_summary(first)
         wanted = upload.params.get("auto_archive")
         record["flags"] = {"auto_archive": ident.auto_archive if wanted is None else wanted}
+        if upload.params.get("overwrite") in ("append", "delete"):
+            record["flags"]["overwrite"] = upload.params["overwrite"]  # for auto-archive
         _check_date(upload, record, first, report)
         target = storage.prearchive_session_dir(data_dir, project, timestamp, folder)
         record["scans"], moves = _plan_scans(items, target, report)

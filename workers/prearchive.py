@@ -251,8 +251,8 @@ def auto_archive(ps: PrearchiveSession, after=None) -> str | None:
         reason = "the session date given differs from the one in the headers"
     else:
         try:
-            request_archive(ps, {"overwrite": AUTO_ARCHIVE_CODES.get(code, "none")},
-                            after=after)
+            overwrite = flags.get("overwrite") or AUTO_ARCHIVE_CODES.get(code, "none")
+            request_archive(ps, {"overwrite": overwrite}, after=after)
             return None
         except (ArchiveRefused, Busy) as exc:
             reason = str(exc)

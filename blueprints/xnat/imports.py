@@ -5,6 +5,8 @@ It goes through the same pipeline as the web upload (an Upload row, then
 the ingest jobs) and, like XNAT's, answers when the import is done: the new
 sessions' URIs as text, one per line. Past SCANYARD_IMPORT_WAIT_SECONDS it
 answers 202 with the upload's ``/api/uploads/{id}``, where scripts follow it.
+``import-handler=gradual-DICOM`` files one instance per request as the DICOM
+receiver does, and answers at once.
 """
 from __future__ import annotations
 
@@ -67,7 +69,8 @@ def import_params() -> dict:
     params = {"project": _first("project", "PROJECT_ID") or dest.get("project"),
               "subject": _first("subject", "SUBJECT_ID") or dest.get("subject"),
               "session": _first("session", "EXPT_LABEL", "experiment") or dest.get("session"),
-              "archive": bool(dest.get("archive")) or _flag("auto-archive", "AA"),
+              # None: the project's prearchive code or the data decide, as for uploads
+              "auto_archive": bool(dest.get("archive")) or _flag("auto-archive", "AA") or None,
               "gradual": HANDLERS[handler], "overwrite": overwrite}
     try:
         for key, what in (("subject", "Subject label"), ("session", "Session label")):
@@ -85,10 +88,10 @@ def _check_project(params: dict) -> None:
         params["project"] = project.label
     elif not access.is_admin():
         abort(400, "Give the project: project={label}, or dest=/prearchive/projects/{label}.")
-    if params["archive"] and params["gradual"]:
-        abort(501, "Archiving gradual-DICOM sessions as they arrive comes with the session "
-                   "builder; send the files, then POST /data/services/archive?src=...")
-    if params["archive"] and params["overwrite"] == "none" and params["session"] \
+    if params["auto_archive"] and params["gradual"]:
+        abort(501, "gradual-DICOM sessions are not archived as they arrive: send the files, "
+                   "then POST /data/services/archive?src=... once the session is READY.")
+    if params["auto_archive"] and params["overwrite"] == "none" and params["session"] \
             and params["project"] and db.session.scalar(select(ImagingSession.id).filter_by(
                 project_id=project.id, label=params["session"])):
         abort(409, f"Session {params['session']!r} already exists in project "
@@ -119,16 +122,30 @@ def import_service():
     """Import a zip, tar or DICOM file; answer the new sessions' URIs when done."""
     params = import_params()
     path, name = _received_file()
+    return answer(*run_import(path, name, params))
+
+
+def run_import(path: Path, name: str, params: dict) -> tuple[str | None, importing.Outcome]:
+    """Import the stored body; return (the upload to follow, its Outcome).
+
+    A gradual-DICOM file is filed at once, as the receiver files an instance;
+    anything else becomes an upload whose jobs the answer waits for.
+    """
+    if params.pop("gradual"):
+        try:
+            return None, importing.file_gradual(path, params)
+        except importing.Unreadable as exc:
+            abort(400, f"{name[:80]}: {exc}")
     streaming.claim_upload()
     upload = start_upload(path, name[:255], params, source="rest", user_id=access.user().id)
     audit.record("upload", project=params["project"], target=upload.id, file=name[:255],
                  size=upload.size, source="rest")
     db.session.commit()
-    return answer(upload.id, importing.wait_for_upload(
-        upload.id, current_app.config["IMPORT_WAIT_SECONDS"]))
+    return upload.id, importing.wait_for_upload(upload.id,
+                                                current_app.config["IMPORT_WAIT_SECONDS"])
 
 
-def answer(upload_id: str, outcome: importing.Outcome):
+def answer(upload_id: str | None, outcome: importing.Outcome):
     """Answer an import: URIs (200), the upload to follow (202), or the reason."""
     if outcome.state == "done":
         return output.plain("".join(uri + "\n" for uri in outcome.uris))

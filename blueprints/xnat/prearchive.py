@@ -3,8 +3,8 @@
 A prearchive session's address is ``/prearchive/projects/{project}/{timestamp}/{folder}``
 (``_unassigned`` for the sessions no project claimed), with or without
 ``/data`` in front. Archiving and deleting run as jobs; the answer waits for
-them up to SCANYARD_IMPORT_WAIT_SECONDS, then says 202. Building and
-rebuilding come with the session builder (501 until then).
+them up to SCANYARD_IMPORT_WAIT_SECONDS, then says 202; so do moves to
+another project and rebuilds (workers.prearchive_tools).
 """
 from __future__ import annotations
 
@@ -20,19 +20,13 @@ from blueprints.zipstream import zip_response
 from imaging import storage
 from imaging.labels import LabelError, check_label, shown
 from models import PrearchiveSession, db
-from workers import importing, prearchive
+from workers import importing, prearchive, prearchive_tools
 from workers.archiving import OVERWRITE_MODES, ArchiveRefused
 
 _SRC_RE = re.compile(r"(?:/data)?/prearchive/projects/([^/]+)/([^/]+)/([^/]+)/?")
 COLUMNS = ["project", "timestamp", "lastmod", "uploaded", "scan_date", "scan_time",
            "subject", "session", "folderName", "name", "tag", "status", "url", "autoarchive",
            "prevent_anon", "prevent_auto_commit", "SOURCE"]
-NOT_YET = {
-    "rebuild": "Rebuilding prearchive sessions comes with the session builder (the DICOM "
-               "receiver's); uploaded sessions are built when their upload finishes.",
-    "build": "Building prearchive sessions comes with the session builder (the DICOM "
-             "receiver's); uploaded sessions are built when their upload finishes.",
-}
 
 
 def row(ps: PrearchiveSession) -> dict:
@@ -101,16 +95,14 @@ def prearchive_delete(project, timestamp, folder):
 
 @bp.post("/data/prearchive/projects/<project>/<timestamp>/<folder>")
 def prearchive_action(project, timestamp, folder):
-    """Archive (action=commit) or move (action=move) a prearchive session."""
+    """Archive (action=commit), move (action=move) or rebuild a prearchive session."""
     ps = access.prearchive_session_at(project, timestamp, folder, access.EDIT)
     action = request.args.get("action") or ""
-    if action in NOT_YET:
-        abort(501, NOT_YET[action])
-    if action == "move":
-        return _move([ps])
-    if action != "commit":
+    if action == "commit":
+        return _archive(ps)
+    if action not in ("move", "build", "rebuild"):
         abort(400, "action must be commit, move, build or rebuild.")
-    return _archive(ps)
+    return _move([ps]) if action == "move" else _rebuild([ps])
 
 
 def _sources() -> list[PrearchiveSession]:
@@ -139,11 +131,9 @@ def archive_service():
 
 @bp.post("/data/services/prearchive/<any(delete, move, rebuild):operation>")
 def prearchive_service(operation):
-    """Delete or move (newProject) the sessions named by src; rebuild comes later."""
+    """Delete, move (to newProject) or rebuild the sessions named by src."""
     sources = _sources()
-    if operation in NOT_YET:
-        abort(501, NOT_YET[operation])
-    return _move(sources) if operation == "move" else _delete(sources)
+    return {"delete": _delete, "move": _move, "rebuild": _rebuild}[operation](sources)
 
 
 def _delete(sessions: list[PrearchiveSession]):
@@ -217,17 +207,36 @@ def _move(sessions: list[PrearchiveSession]):
     if not new:
         abort(400, "Give the project to move to: newProject={label}.")
     project = access.get_project(new, access.EDIT).label
-    uris = []
     try:
         for ps in sessions:
-            prearchive.check_idle(ps, "moved")
-            old = ps.project
-            prearchive.update_labels(ps, project=project, subject=ps.subject,
-                                     session=ps.session)
-            audit.record("move", project=project, target=ps.relpath, old=old, new=project)
-            db.session.commit()  # the folder moved: the index follows at once
-            uris.append(f"/data/prearchive/projects/{ps.relpath}\n")
-    except (prearchive.Busy, FileExistsError) as exc:
+            audit.record("move", project=project, target=ps.relpath, old=ps.project,
+                         new=project)
+            prearchive_tools.request_move(ps, project)
+    except prearchive.Busy as exc:
         db.session.rollback()
         abort(409, str(exc))
-    return output.plain("".join(uris))
+    return _settled(sessions)
+
+
+def _rebuild(sessions: list[PrearchiveSession]):
+    """Read the sessions' folders again (the build job); answer their URIs."""
+    try:
+        for ps in sessions:
+            prearchive_tools.request_rebuild(ps)
+    except prearchive.Busy as exc:
+        db.session.rollback()
+        abort(409, str(exc))
+    return _settled(sessions)
+
+
+def _settled(sessions: list[PrearchiveSession]):
+    """Answer the URIs of sessions once their jobs end (200), or as they are (202)."""
+    ids = [ps.id for ps in sessions]
+    uris, waiting = [], False
+    for prearchive_id in ids:
+        ps = importing.wait_for_idle(prearchive_id, _wait())
+        waiting = waiting or ps is None
+        ps = ps or db.session.get(PrearchiveSession, prearchive_id)
+        if ps is not None:
+            uris.append(f"/data/prearchive/projects/{ps.relpath}\n")
+    return output.plain("".join(uris), 202 if waiting else 200)

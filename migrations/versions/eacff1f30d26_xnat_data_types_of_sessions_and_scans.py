@@ -1,7 +1,7 @@
 """xnat data types of sessions and scans
 
 Revision ID: eacff1f30d26
-Revises: 89c29f2eb220
+Revises: 717bbb35a698
 Create Date: 2026-11-29 13:29:59.378314
 
 """
@@ -10,7 +10,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = 'eacff1f30d26'
-down_revision = '89c29f2eb220'
+down_revision = '717bbb35a698'
 branch_labels = None
 depends_on = None
 
