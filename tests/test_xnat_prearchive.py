@@ -159,3 +159,31 @@ def test_prearchive_services_check_who_asks(app, lab, api_headers):
         == 403
     res = call("POST", "/data/services/archive?src=/somewhere/else")
     assert res.status_code == 400 and res.is_json
+
+
+def test_the_prearchive_code_is_set_through_rest_by_owners(app, make_project, make_user):
+    import base64
+
+    from models import Project
+
+    make_project("coded")
+    make_user("own", project="coded", role="owner")
+    make_user("mem", project="coded", role="member")
+    client = app.test_client()
+
+    def auth(name):
+        from tests.conftest import PASSWORD
+
+        return {"Authorization": "Basic " + base64.b64encode(
+            f"{name}:{PASSWORD}".encode()).decode()}
+
+    assert client.put("/data/projects/coded/prearchive_code/4",
+                      headers=auth("mem")).status_code == 403
+    res = client.put("/data/projects/coded/prearchive_code/4", headers=auth("own"))
+    assert res.status_code == 200 and res.get_data(as_text=True) == "4"
+    assert client.put("/data/projects/coded/prearchive_code/3",
+                      headers=auth("own")).status_code == 400
+    assert client.get("/data/projects/coded/prearchive_code",
+                      headers=auth("mem")).get_data(as_text=True) == "4"
+    with app.app_context():
+        assert db.session.scalar(select(Project.prearchive_code).filter_by(label="coded")) == 4

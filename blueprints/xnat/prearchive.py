@@ -240,3 +240,28 @@ def _settled(sessions: list[PrearchiveSession]):
         if ps is not None:
             uris.append(f"/data/prearchive/projects/{ps.relpath}\n")
     return output.plain("".join(uris), 202 if waiting else 200)
+
+
+PREARCHIVE_CODES = (0, 4, 5)
+
+
+@bp.get("/data/projects/<label>/prearchive_code")
+def prearchive_code(label):
+    """Return the project's prearchive code (0 review, 4 auto-archive, 5 and merge)."""
+    project = access.get_project(label, access.READ)
+    return str(project.prearchive_code), 200, {"Content-Type": "text/plain"}
+
+
+@bp.route("/data/projects/<label>/prearchive_code/<int:code>", methods=["PUT", "POST"])
+def set_prearchive_code(label, code):
+    """Set the project's prearchive code, as XNAT's REST call does."""
+    project = access.get_project(label, access.OWN)
+    if code not in PREARCHIVE_CODES:
+        abort(400, "The prearchive code is 0 (keep for review), 4 (archive automatically) "
+                   "or 5 (archive automatically, merging into a session that exists).")
+    audit.record("project_change", project=project.label, target=project.label,
+                 old={"prearchive_code": project.prearchive_code},
+                 new={"prearchive_code": code})
+    project.prearchive_code = code
+    db.session.commit()
+    return str(code), 200, {"Content-Type": "text/plain"}
