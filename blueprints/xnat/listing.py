@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from flask import request
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from blueprints import access
 from blueprints.xnat import output
@@ -118,18 +118,11 @@ def reconstruction_row(r: Reconstruction, e: ImagingSession) -> dict:
             "URI": f"{session_uri(e)}/reconstructions/{rid}"}
 
 
-def _file_totals(resource_ids: list[int]) -> dict[int, tuple[int, int]]:
-    rows = db.session.execute(
-        select(File.resource_id, func.count(File.id), func.coalesce(func.sum(File.size), 0))
-        .where(File.resource_id.in_(resource_ids)).group_by(File.resource_id))
-    return {rid: (int(n), int(size)) for rid, n, size in rows}
-
-
 def resource_rows(found: list[Resource]) -> list[dict]:
-    totals = _file_totals([r.id for r in found])
+    # file_count and size are kept on the row (workers.resources.recount).
     rows = []
     for r in found:
-        count, size = totals.get(r.id, (0, 0))
+        count, size = r.file_count or 0, r.size or 0
         category = "scans" if r.scan_id else "resources"
         rows.append({"xnat_abstractresource_id": r.id, "cat_id": r.id, "label": r.label,
                      "element_name": "xnat:resourceCatalog", "category": category,
