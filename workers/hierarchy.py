@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
 from pathlib import Path
 
 from flask import current_app
@@ -33,6 +32,7 @@ from models import (
     db,
 )
 from workers.archiving import delete_archived_session
+from workers.removal import commit_removing
 
 SITE = "SCANYARD"
 _ID_LETTER = {"subject": "S", "session": "E", "assessor": "A", "reconstruction": "R"}
@@ -249,16 +249,7 @@ def _delete_with_folder(folder: Path, statements: list, row=None) -> None:
         db.session.execute(statement)
     if row is not None:
         db.session.delete(row)
-    trashed = storage.to_trash(folder)
-    try:
-        db.session.commit()
-    except Exception:
-        db.session.rollback()
-        if trashed is not None:
-            storage.move_into(trashed, folder)
-        raise
-    if trashed is not None:
-        shutil.rmtree(trashed, ignore_errors=True)
+    commit_removing(folder)
 
 
 def _resource_rows(**owner) -> list:

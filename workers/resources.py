@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from models import (
     Subject,
     db,
 )
+from workers.removal import commit_removing
 
 _CHUNK = 2**20
 _MAX_PATH = 1024
@@ -337,13 +337,4 @@ def delete_resource(resource: Resource) -> None:
     db.session.delete(resource)
     db.session.flush()
     refresh_scan(scan_id, label)
-    trashed = storage.to_trash(folder)
-    try:
-        db.session.commit()
-    except Exception:
-        db.session.rollback()
-        if trashed is not None:
-            storage.move_into(trashed, folder)
-        raise
-    if trashed is not None:
-        shutil.rmtree(trashed, ignore_errors=True)
+    commit_removing(folder)
