@@ -172,15 +172,17 @@ def _refuse(ps, message: str, code: int):
 def archive(prearchive_id):
     """Queue the archiving of a prearchive session."""
     ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    # Read before queueing: a fast worker may archive the row away meanwhile.
+    what = {"project": ps.project, "target": ps.relpath, "subject": ps.subject,
+            "session": ps.session}
     try:
         prearchive.request_archive(ps, archive_options(request.form, ps))
     except (ArchiveRefused, prearchive.Busy) as exc:
         return _refuse(ps, str(exc), 409)
-    audit.record("archive", project=ps.project, target=ps.relpath,
-                 subject=ps.subject, session=ps.session)
+    audit.record("archive", **what)
     db.session.commit()
     flash("Archiving started.", "info")
-    return redirect(url_for(".detail", prearchive_id=ps.id), code=303)
+    return redirect(url_for(".detail", prearchive_id=prearchive_id), code=303)
 
 
 def archive_options(form, ps: PrearchiveSession) -> dict:
@@ -213,11 +215,12 @@ def confirm_delete(prearchive_id):
 def delete(prearchive_id):
     """Queue the deletion of a prearchive session."""
     ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    project, relpath = ps.project, ps.relpath  # before a fast worker deletes the row
     try:
         prearchive.request_delete(ps)
     except prearchive.Busy as exc:
         return _refuse(ps, str(exc), 409)
-    audit.record("delete", project=ps.project, target=ps.relpath, what="prearchive session")
+    audit.record("delete", project=project, target=relpath, what="prearchive session")
     db.session.commit()
-    flash(f"Deleting {ps.relpath}.", "info")
+    flash(f"Deleting {relpath}.", "info")
     return redirect(url_for(".index"), code=303)
