@@ -112,14 +112,15 @@ def merge(prearchive_id):
     target = access.get_prearchive_session(into, access.EDIT) if into else None
     if target is None:
         return _refuse(ps, "Choose the session to merge into.", 400)
+    what = {"project": ps.project, "target": ps.relpath, "merged_into": target.relpath}
     try:
         prearchive_tools.request_merge(ps, target)
     except prearchive.Busy as exc:
         return _refuse(ps, str(exc), 409)
-    audit.record("move", project=ps.project, target=ps.relpath, merged_into=target.relpath)
+    audit.record("move", **what)
     db.session.commit()
-    flash(f"Merging into {target.relpath}.", "info")
-    return redirect(url_for(".detail", prearchive_id=target.id), code=303)
+    flash(f"Merging into {what['merged_into']}.", "info")
+    return redirect(url_for(".detail", prearchive_id=into), code=303)
 
 
 @bp.post("/<int:prearchive_id>/rebuild")
