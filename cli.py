@@ -1,6 +1,8 @@
 """Command-line interface: ``flask --app app <command>``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
@@ -9,7 +11,7 @@ from flask_migrate import upgrade
 
 def register(app: Flask) -> None:
     for command in (init_db, create_user, first_admin, worker, serve, reconcile_command,
-                    verify, scp, rebuild):
+                    verify, scp, rebuild, import_command):
         app.cli.add_command(command)
 
 
@@ -153,3 +155,98 @@ def rebuild():
     for line in changes:
         click.echo(line)
     click.echo(f"{len(changes)} change(s).")
+
+
+@click.command("import")
+@with_appcontext
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--project", required=True, help="The project to import into.")
+@click.option("--subject", help="Subject label (else from the DICOM headers).")
+@click.option("--session", help="Session label (else from the DICOM headers).")
+@click.option("--archive", is_flag=True, help="Archive the sessions once they are read.")
+@click.option("--overwrite", type=click.Choice(["none", "append", "delete"]), default="none",
+              show_default=True, help="With --archive: into an existing session.")
+def import_command(path, project, subject, session, archive, overwrite):
+    """Import a folder tree or an archive on this server's disk, as an upload."""
+    from contextlib import nullcontext
+
+    from blueprints import audit
+    from models import db
+    from workers import disk_import
+    from workers.runner import BackgroundWorker, workers_running
+
+    params = _import_params(project, subject, session, archive, overwrite)
+    try:
+        with click.progressbar(length=disk_import.size_of(path), label="Copying") as bar:
+            upload = disk_import.stage(path, params, progress=bar.update)
+    except disk_import.ImportError_ as exc:
+        raise click.ClickException(str(exc)) from None
+    audit.record("upload", project=params["project"], target=upload.id, file=str(path),
+                 size=upload.size, source="cli")
+    db.session.commit()
+    running = workers_running()
+    if not running:
+        click.echo("No worker is running: the jobs run in this process.")
+    upload_id = upload.id
+    with nullcontext() if running else BackgroundWorker(current_app._get_current_object()):
+        outcome = _follow(upload_id, archive)
+    # After the jobs (snapshots too): this process holds no transaction while they run.
+    _report(upload_id, outcome)
+
+
+def _import_params(project, subject, session, archive, overwrite) -> dict:
+    from imaging.labels import LabelError, check_label
+    from models import Project, db
+
+    if not db.session.scalar(db.select(Project.id).filter_by(label=project)):
+        raise click.BadParameter(f"No project {project!r}.", param_hint="--project")
+    try:
+        subject = check_label(subject, "Subject label") if subject else None
+        session = check_label(session, "Session label") if session else None
+    except LabelError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return {"project": project, "subject": subject, "session": session,
+            "auto_archive": archive or None, "overwrite": overwrite}
+
+
+def _follow(upload_id: str, archive: bool):
+    """Show the upload's progress until its jobs end; return its Outcome."""
+    import time
+
+    from workers import importing
+
+    status, total, read = importing.progress_of(upload_id)
+    while status in ("QUEUED", "EXTRACTING"):
+        time.sleep(0.2)
+        status, total, read = importing.progress_of(upload_id)
+    with click.progressbar(length=max(total, 1), label="Reading") as bar:
+        shown = 0
+        while status not in ("DONE", "FAILED"):
+            bar.update(read - shown)
+            shown = read
+            time.sleep(0.2)
+            status, total, read = importing.progress_of(upload_id)
+        bar.update(max(total, 1) - shown)
+    if archive and status == "DONE":
+        click.echo("Archiving...")
+    # Until the sessions settle: built again when joined, archived when asked.
+    return importing.wait_for_upload(upload_id, float("inf"))
+
+
+def _report(upload_id: str, outcome) -> None:
+    """Print the upload's report (as the upload page shows it) and where it went."""
+    from models import Upload, db
+    from workers.ingest import upload_report
+
+    report = upload_report(db.session.get(Upload, upload_id))
+    click.echo(f"Upload {report['id']}: {report['status']}")
+    click.echo(f"Files: {report['files_total']} read; {report['stored']} stored, "
+               f"{report['duplicates']} duplicate(s), {report['quarantined']} quarantined")
+    for entry in report["quarantined_files"]:
+        click.echo(f"  quarantined {entry['name']}: {entry['reason']}")
+    for message in report["messages"]:
+        click.echo(f"Note: {message}")
+    for uri in outcome.uris:
+        click.echo(uri)
+    if outcome.state != "done":
+        raise click.ClickException(outcome.message or report["error"] or outcome.state)

@@ -118,6 +118,8 @@ class ImagingSession(db.Model):
     scanner: Mapped[str | None] = mapped_column(String(255))
     study_description: Mapped[str | None] = mapped_column(String(255))
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # XNAT's data type (xnat:mrSessionData, ...); None: worked out from the modality.
+    xsi_type: Mapped[str | None] = mapped_column(String(64))
 
     project: Mapped[Project] = relationship()
     subject: Mapped[Subject] = relationship(back_populates="sessions")
@@ -138,6 +140,8 @@ class Scan(db.Model):
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     params: Mapped[dict] = mapped_column(JSON, default=dict)
+    # XNAT's data type (xnat:mrScanData, ...); None: worked out from the modality.
+    xsi_type: Mapped[str | None] = mapped_column(String(64))
 
     session: Mapped[ImagingSession] = relationship(back_populates="scans")
 

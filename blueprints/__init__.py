@@ -19,11 +19,12 @@ def register_blueprints(app: Flask) -> None:
         prearchive,
         resources,
         upload,
+        xnat,
     )
 
     auth.init_app(app)
     for module in (auth, archive, members, upload, prearchive, api, admin, audit, resources,
-                   anonymization, headers, attention, dicom):
+                   anonymization, headers, attention, dicom, xnat):
         app.register_blueprint(module.bp)
 
 

@@ -197,3 +197,91 @@ def require_admin() -> None:
     """Abort unless the current user is a site administrator."""
     if not is_admin():
         abort(403, "Only site administrators may do that.")
+
+
+# XNAT-style lookups: objects named by label or by XNAT's accession-like id.
+
+def find_project(label: str, need: str = READ) -> Project | None:
+    """Return the project, None when it does not exist, or abort 404/403 when the
+    user may not do `need` in it."""
+    project = _by_label(select(Project), label, LABEL_RE)
+    if project is not None:
+        _check(project, need)
+    return project
+
+
+def _by_label_or_id(model, kind: str, ref: str, **scope):
+    from workers.hierarchy import parse_xnat_id
+
+    row = _by_label(select(model).filter_by(**scope), ref, LABEL_RE)
+    row_id = parse_xnat_id(kind, ref)
+    if row is None and row_id is not None:
+        row = db.session.scalar(select(model).filter_by(id=row_id, **scope))
+    return row
+
+
+def find_subject(project: Project, ref: str) -> Subject | None:
+    """Return the project's subject named by label or id, or None."""
+    return _by_label_or_id(Subject, "subject", ref, project_id=project.id)
+
+
+def find_session(project: Project, ref: str, subject: Subject | None = None
+                 ) -> ImagingSession | None:
+    """Return the project's (and subject's) session named by label or id, or None."""
+    scope = {"project_id": project.id}
+    if subject is not None:
+        scope["subject_id"] = subject.id
+    return _by_label_or_id(ImagingSession, "session", ref, **scope)
+
+
+def find_in_session(model, kind: str, session: ImagingSession, ref: str):
+    """Return the session's assessor or reconstruction named by label or id, or None."""
+    return _by_label_or_id(model, kind, ref, session_id=session.id)
+
+
+def find_scans(session: ImagingSession, ref: str) -> list[Scan] | None:
+    """Return the scans named by one id, ``1,2,3`` or ``ALL``; None when one is missing."""
+    query = select(Scan).filter_by(session_id=session.id).order_by(Scan.id)
+    if ref == "ALL":
+        return list(db.session.scalars(query))
+    wanted = set(ref.split(","))
+    if not all(SCAN_ID_RE.fullmatch(w) for w in wanted):
+        return None
+    scans = list(db.session.scalars(query.where(Scan.scan_id.in_(wanted))))
+    return scans if len(scans) == len(wanted) else None
+
+
+def subject_by_id(ref: str, need: str = READ) -> Subject:
+    """Return the subject with XNAT id `ref` (any project) or abort 404/403."""
+    from workers.hierarchy import parse_xnat_id
+
+    row_id = parse_xnat_id("subject", ref)
+    subject = db.session.get(Subject, row_id) if row_id is not None else None
+    if subject is None or not can(subject.project, SEE):
+        abort(404, f"No subject {shown(ref)}.")
+    _check(subject.project, need)
+    return subject
+
+
+def session_by_id(ref: str, need: str = READ) -> ImagingSession:
+    """Return the session with XNAT id `ref` (any project) or abort 404/403."""
+    from workers.hierarchy import parse_xnat_id
+
+    row_id = parse_xnat_id("session", ref)
+    session = db.session.get(ImagingSession, row_id) if row_id is not None else None
+    if session is None or not can(session.project, SEE):
+        abort(404, f"No experiment {shown(ref)}.")
+    _check(session.project, need)
+    return session
+
+
+def prearchive_session_at(project_key: str, timestamp: str, folder: str,
+                          need: str = READ) -> PrearchiveSession:
+    """Return the prearchive session at project/timestamp/folder or abort 404."""
+    ps = None
+    if all(LABEL_RE.fullmatch(part) for part in (project_key, timestamp, folder)):
+        ps = db.session.scalar(select(PrearchiveSession).filter_by(
+            project_key=project_key, timestamp=timestamp, folder=folder))
+    if ps is None:
+        abort(404, f"No prearchive session {shown(f'{project_key}/{timestamp}/{folder}')}.")
+    return get_prearchive_session(ps.id, need)

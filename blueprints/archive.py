@@ -11,9 +11,8 @@ from sqlalchemy.orm import contains_eager, joinedload
 from blueprints import access, audit
 from blueprints.zipstream import zip_response
 from imaging import storage
-from imaging.labels import LabelError, check_label
-from models import File, ImagingSession, Membership, Project, Resource, Scan, Subject, db
-from workers import archiving
+from models import File, ImagingSession, Project, Resource, Scan, Subject, db
+from workers import archiving, hierarchy
 from workers.archiving import delete_archived_session
 
 bp = Blueprint("archive", __name__)
@@ -60,22 +59,14 @@ def new_project():
         return render_template("archive/project_form.html", values={})
     form = request.form
     try:
-        label = check_label(form.get("label", ""), "Project label")
-    except LabelError as exc:
-        return _form_error("archive/project_form.html", str(exc), 400)
-    if db.session.scalar(select(Project.id).filter_by(label=label)):
-        return _form_error("archive/project_form.html",
-                           f"A project {label!r} already exists.", 409)
-    accessibility = form.get("accessibility", "private")
-    if accessibility not in ("private", "protected", "public"):
-        accessibility = "private"
-    project = Project(label=label, name=form.get("name", "").strip()[:255] or label,
-                      description=form.get("description", "").strip(),
-                      accessibility=accessibility)
-    db.session.add(project)
-    db.session.flush()
-    # Whoever creates a project owns it.
-    db.session.add(Membership(project_id=project.id, user_id=access.user().id, role="owner"))
+        project = hierarchy.create_project(
+            form.get("label", ""), owner_id=access.user().id, name=form.get("name", ""),
+            description=form.get("description", ""),
+            accessibility=form.get("accessibility", "private"))
+    except hierarchy.HierarchyError as exc:
+        code = 409 if isinstance(exc, hierarchy.Conflict) else 400
+        return _form_error("archive/project_form.html", str(exc), code)
+    label = project.label
     audit.record("project_change", project=label, target=label, action="created")
     db.session.commit()
     flash(f"Project {label} created.", "info")
@@ -113,14 +104,10 @@ def new_subject(label):
     """Create a subject in a project."""
     proj = access.get_project(label, access.EDIT)
     try:
-        subject = check_label(request.form.get("label", ""), "Subject label")
-    except LabelError as exc:
+        subject = hierarchy.create_subject(proj, request.form.get("label", "")).label
+    except hierarchy.HierarchyError as exc:
         flash(str(exc), "error")
-        return _project_page(proj, 400)
-    if db.session.scalar(select(Subject.id).filter_by(project_id=proj.id, label=subject)):
-        flash(f"Subject {subject!r} already exists in {proj.label}.", "error")
-        return _project_page(proj, 409)
-    db.session.add(Subject(project_id=proj.id, label=subject))
+        return _project_page(proj, 409 if isinstance(exc, hierarchy.Conflict) else 400)
     db.session.commit()
     flash(f"Subject {subject} created.", "info")
     return redirect(url_for(".subject", label=proj.label, subject=subject), code=303)

@@ -112,14 +112,15 @@ def merge(prearchive_id):
     target = access.get_prearchive_session(into, access.EDIT) if into else None
     if target is None:
         return _refuse(ps, "Choose the session to merge into.", 400)
+    what = {"project": ps.project, "target": ps.relpath, "merged_into": target.relpath}
     try:
         prearchive_tools.request_merge(ps, target)
     except prearchive.Busy as exc:
         return _refuse(ps, str(exc), 409)
-    audit.record("move", project=ps.project, target=ps.relpath, merged_into=target.relpath)
+    audit.record("move", **what)
     db.session.commit()
-    flash(f"Merging into {target.relpath}.", "info")
-    return redirect(url_for(".detail", prearchive_id=target.id), code=303)
+    flash(f"Merging into {what['merged_into']}.", "info")
+    return redirect(url_for(".detail", prearchive_id=into), code=303)
 
 
 @bp.post("/<int:prearchive_id>/rebuild")
@@ -172,15 +173,17 @@ def _refuse(ps, message: str, code: int):
 def archive(prearchive_id):
     """Queue the archiving of a prearchive session."""
     ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    # Read before queueing: a fast worker may archive the row away meanwhile.
+    what = {"project": ps.project, "target": ps.relpath, "subject": ps.subject,
+            "session": ps.session}
     try:
         prearchive.request_archive(ps, archive_options(request.form, ps))
     except (ArchiveRefused, prearchive.Busy) as exc:
         return _refuse(ps, str(exc), 409)
-    audit.record("archive", project=ps.project, target=ps.relpath,
-                 subject=ps.subject, session=ps.session)
+    audit.record("archive", **what)
     db.session.commit()
     flash("Archiving started.", "info")
-    return redirect(url_for(".detail", prearchive_id=ps.id), code=303)
+    return redirect(url_for(".detail", prearchive_id=prearchive_id), code=303)
 
 
 def archive_options(form, ps: PrearchiveSession) -> dict:
@@ -213,11 +216,12 @@ def confirm_delete(prearchive_id):
 def delete(prearchive_id):
     """Queue the deletion of a prearchive session."""
     ps = access.get_prearchive_session(prearchive_id, access.EDIT)
+    project, relpath = ps.project, ps.relpath  # before a fast worker deletes the row
     try:
         prearchive.request_delete(ps)
     except prearchive.Busy as exc:
         return _refuse(ps, str(exc), 409)
-    audit.record("delete", project=ps.project, target=ps.relpath, what="prearchive session")
+    audit.record("delete", project=project, target=relpath, what="prearchive session")
     db.session.commit()
-    flash(f"Deleting {ps.relpath}.", "info")
+    flash(f"Deleting {relpath}.", "info")
     return redirect(url_for(".index"), code=303)

@@ -53,6 +53,9 @@ class StreamingRequest(Request):
 
 def save_body(filename: str) -> Path:
     """Write the raw request body into this request's upload folder; return the path."""
+    # The body streams to disk, so the cap on url-encoded forms (read into memory)
+    # does not apply: curl --data-binary labels any file a form.
+    request.max_content_length = None
     folder = upload_folder()
     folder.mkdir(parents=True, exist_ok=True)
     path = _unique_path(folder, filename)

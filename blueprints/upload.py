@@ -14,6 +14,7 @@ from blueprints import access, audit, streaming, wants_json
 from imaging import storage
 from imaging.labels import LabelError, check_label, check_scan_id
 from models import ImagingSession, PrearchiveSession, Project, Subject, Upload, db
+from workers.importing import current_uri
 from workers.ingest import start_upload, upload_report
 
 bp = Blueprint("upload", __name__)
@@ -108,10 +109,12 @@ def status(upload_id):
 
 
 def report_with_links(upload: Upload) -> dict:
-    """Return the upload's report with a link to where each of its sessions is now."""
+    """Return the upload's report with a link to where each of its sessions is now
+    (a page, and its XNAT-style URI)."""
     report = upload_report(upload)
     for entry in report["sessions"]:
         entry["url"] = session_url(entry)
+        entry["uri"] = current_uri(entry)
     return report
 
 

@@ -201,3 +201,55 @@ def project_maker(app):
             db.session.commit()
         return label
     return make
+
+
+def basic_auth(username: str, password: str = PASSWORD) -> dict:
+    """Return the headers of a script that authenticates with HTTP Basic."""
+    import base64
+
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def worker(app):
+    """A real RQ worker running the app's jobs in a background thread, so that a
+    request that waits for its job (the REST import) gets an answer."""
+    from workers.runner import BackgroundWorker
+
+    with BackgroundWorker(app):
+        yield
+
+
+@pytest.fixture
+def live_server(app):
+    """The app served on a loopback port by a threaded server; yields its URL."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture
+def api_headers(app):
+    """Return a function giving a user's script headers: a personal token sent as
+    a bearer (checked with one sha256, where a password costs a slow hash)."""
+    from blueprints.auth import new_token
+    from models import User
+
+    tokens: dict[str, str] = {}
+
+    def headers(username: str) -> dict:
+        if username not in tokens:
+            with app.app_context():
+                user = db.session.query(User).filter_by(username=username).one()
+                tokens[username] = new_token(user, "tests")
+                db.session.commit()
+        return {"Authorization": f"Bearer {tokens[username]}"}
+    return headers

@@ -133,6 +133,28 @@ ROUTES = {
                               EDITORS, 403, {}),
     "resources.delete_resource": ("POST", "/projects/p1/resources/DR_{role}/delete", EDITORS,
                                   403, {}),
+    "xnat.read": ("GET", "/data/projects/p1/subjects/S1/experiments/A_member?format=json",
+                  READERS, None, None),
+    "xnat.write": ("PUT", "/data/projects/p1/subjects/X_{role}", EDITORS, 403, None),
+    "xnat.remove": ("DELETE", "/data/projects/p1/subjects/XD_{role}?removeFiles=true", OWNERS,
+                    403, None),
+    "xnat.prearchive_list": ("GET", "/data/prearchive/projects", EVERYONE, None, None),
+    "xnat.prearchive_code": ("GET", "/data/projects/p1/prearchive_code", READERS, 403, None),
+    "xnat.set_prearchive_code": ("PUT", "/data/projects/p1/prearchive_code/0", OWNERS, 403,
+                                 None),
+    "xnat.prearchive_project": ("GET", "/data/prearchive/projects/p1", EDITORS, 403, None),
+    "xnat.prearchive_session": ("GET", "/data/prearchive/projects/{ps_path}", EDITORS, 404,
+                                None),
+    "xnat.prearchive_delete": ("DELETE", "/data/prearchive/projects/{xdelete_role}", EDITORS,
+                               404, None),
+    "xnat.prearchive_action": ("POST", "/data/prearchive/projects/{xcommit_role}"
+                               "?action=commit", EDITORS, 404, None),
+    "xnat.archive_service": ("POST", "/data/services/archive?src=/prearchive/projects/"
+                             "{xarchive_role}", EDITORS, 404, None),
+    "xnat.prearchive_service": ("POST", "/data/services/prearchive/delete?src=/prearchive/"
+                                "projects/{xpdelete_role}", EDITORS, 404, None),
+    "xnat.import_service": ("POST", "/data/services/import?dest=/prearchive/projects/p1",
+                            EDITORS, 403, "import"),
 }
 
 
@@ -153,6 +175,8 @@ def test_every_route_has_a_rule(shared_app):
 # Each role gets its own target for the routes that change or remove it, so
 # that one role's success does not change what the next role finds.
 PREARCHIVE_TARGETS = ("ps", "label", "archive", "delete", "merge")
+# Targets of the XNAT-style services, named by their path project/timestamp/folder.
+XNAT_TARGETS = ("xdelete", "xcommit", "xarchive", "xpdelete")
 ARCHIVE_TARGETS = ("A", "D", "R")
 
 
@@ -176,7 +200,7 @@ def world(shared_app):
     login(client, "admin")
     client.post("/projects/p1/subjects", data={"label": "S1"})
     targets = [(role, kind) for role in ROLES
-               for kind in PREARCHIVE_TARGETS + ARCHIVE_TARGETS]
+               for kind in PREARCHIVE_TARGETS + ARCHIVE_TARGETS + XNAT_TARGETS]
     files = {}
     for n in range(len(targets)):
         _, study = make_study(series=1, per_series=1, patient_id=f"P{n:03d}")
@@ -196,9 +220,17 @@ def world(shared_app):
                     data={"project": "p1", "subject": "S1", "session": session})
         if kind in ARCHIVE_TARGETS:
             client.post(f"/prearchive/{ps.id}/archive")
+        elif kind in XNAT_TARGETS:
+            ids[f"{kind}_{role}"] = ps.relpath
         else:
             ids[f"{kind}_{role}"] = ps.id
+            ids[f"{kind}_{role}_path"] = ps.relpath
     run_jobs()
+    ids["ps_path"] = ids["ps_member_path"]
+    for role in ROLES:
+        client.post("/projects/p1/subjects", data={"label": f"XD_{role}"})
+    # The services answer at once (202) rather than wait for jobs no worker runs.
+    app.config["IMPORT_WAIT_SECONDS"] = 0
     for resource in ["NOTES"] + [f"{kind}_{role}" for kind in ("DF", "DR") for role in ROLES]:
         res = client.post("/projects/p1/resources", content_type="multipart/form-data",
                           data={"resource": resource, "files": (io.BytesIO(b"notes"), "a.txt")})
@@ -243,7 +275,7 @@ def world(shared_app):
 
 def _url(template: str, role: str, ids: dict) -> str:
     values = {**ids, "role": role}
-    for key in ("ps", "victim", "token") + PREARCHIVE_TARGETS:
+    for key in ("ps", "victim", "token") + PREARCHIVE_TARGETS + XNAT_TARGETS:
         if f"{key}_{role}" in ids:
             values[f"{key}_role"] = ids[f"{key}_{role}"]
     return template.format(**values)
@@ -263,6 +295,10 @@ def _request(client, method, url, data, role):
         # Scripts authenticate on each call (the login cookie alone does not
         # authorize them to change anything).
         headers["Authorization"] = _basic(role)
+    if data == "import":
+        _, files = make_study(series=1, per_series=1)
+        return client.post(url, data=zip_bytes({"1.dcm": files[0]}),
+                           headers={**headers, "Content-Type": "application/zip"})
     res = client.open(url, method=method, data=data, headers=headers)
     res.get_data()
     return res

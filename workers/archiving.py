@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import shutil
 from pathlib import Path
 
 from flask import current_app
@@ -41,6 +40,7 @@ from models import (
 from workers import anonymization, merging, prearchive, resources, snapshots
 from workers.context import app_job
 from workers.faults import crash_point
+from workers.removal import commit_removing
 
 
 class ArchiveRefused(Exception):
@@ -389,16 +389,7 @@ def delete_archived_session(session_id: int) -> None:
     folder = storage.archive_session_dir(data_dir, session.project.label,
                                          session.subject.label, session.label)
     _session_rows_deleted(session)
-    trashed = storage.to_trash(folder)
-    try:
-        db.session.commit()
-    except Exception:
-        db.session.rollback()
-        if trashed is not None:
-            storage.move_into(trashed, folder)
-        raise
-    if trashed is not None:
-        shutil.rmtree(trashed, ignore_errors=True)
+    commit_removing(folder)
 
 
 def relabel_session(session: ImagingSession, label: str, subject_label: str) -> None:

@@ -162,7 +162,7 @@ def _unpacked(src: Path, kind, members, files):
             yield from extract_members(src, members, files)
         except ExtractError as exc:
             raise RuntimeError(str(exc)) from exc
-    elif kind == "tar":
+    elif kind in ("tar", "folder"):  # unpacked (or copied) into files/ already
         for m in members:
             yield m, files / m.name
     else:
@@ -334,6 +334,8 @@ def plan_sessions(upload: Upload, good, timestamp: str, report: Report):
         record["study"] = study_summary(first)
         wanted = upload.params.get("auto_archive")
         record["flags"] = {"auto_archive": ident.auto_archive if wanted is None else wanted}
+        if upload.params.get("overwrite") in ("append", "delete"):
+            record["flags"]["overwrite"] = upload.params["overwrite"]  # for auto-archive
         _check_date(upload, record, first, report)
         target = storage.prearchive_session_dir(data_dir, project, timestamp, folder)
         record["scans"], moves = _plan_scans(items, target, report)
@@ -403,7 +405,7 @@ def upload_report(upload: Upload) -> dict:
         "id": upload.id, "status": upload.status, "source": upload.source,
         "name": upload.original_name, "size": upload.size, "project": upload.project,
         "files_total": upload.files_total, "files_read": upload.files_read,
-        "stored": upload.stored, "duplicates": upload.duplicates,
+        "progress": _progress(upload), "stored": upload.stored, "duplicates": upload.duplicates,
         "quarantined": upload.quarantined, "error": upload.error,
         "messages": upload.messages or [],
         "quarantined_files": (upload.params or {}).get("quarantined_files", []),
@@ -413,16 +415,23 @@ def upload_report(upload: Upload) -> dict:
     }
 
 
+def _progress(upload: Upload) -> float:
+    """Return how far the upload's jobs are, from 0 to 1."""
+    if upload.status in (UPLOAD_DONE, UPLOAD_FAILED):
+        return 1.0
+    return round(upload.files_read / upload.files_total, 3) if upload.files_total else 0.0
+
 
 def start_upload(path: Path, original_name: str, params: dict, *, source: str = "web",
-                 user_id: int | None = None) -> Upload:
+                 user_id: int | None = None, size: int | None = None) -> Upload:
     """Record an upload whose file is stored at ``uploads/{id}/``, then queue its job.
 
     ``params`` holds the explicit project, subject, session and session_date.
     The row is committed before the job is enqueued, so a worker always finds it.
     """
     upload = Upload(id=path.parent.name, source=source, original_name=original_name,
-                    size=path.stat().st_size, project=params.get("project"),
+                    size=path.stat().st_size if size is None else size,
+                    project=params.get("project"),
                     params={**params, "file": path.name}, user_id=user_id)
     db.session.add(upload)
     db.session.commit()

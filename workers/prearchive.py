@@ -11,7 +11,7 @@ import datetime as dt
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from imaging import storage
 from models import (
@@ -220,8 +220,7 @@ def request_archive(ps: PrearchiveSession, options: dict | None = None, after=No
     ps.status = QUEUED_ARCHIVING
     ps.message = None
     db.session.commit()
-    ps.job_id = queue.enqueue_archive_session(ps.id, options, after=after).id
-    db.session.commit()
+    _remember_job(ps.id, queue.enqueue_archive_session(ps.id, options, after=after))
 
 
 AUTO_ARCHIVE_CODES = {4: "none", 5: "append"}
@@ -252,8 +251,8 @@ def auto_archive(ps: PrearchiveSession, after=None) -> str | None:
         reason = "the session date given differs from the one in the headers"
     else:
         try:
-            request_archive(ps, {"overwrite": AUTO_ARCHIVE_CODES.get(code, "none")},
-                            after=after)
+            overwrite = flags.get("overwrite") or AUTO_ARCHIVE_CODES.get(code, "none")
+            request_archive(ps, {"overwrite": overwrite}, after=after)
             return None
         except (ArchiveRefused, Busy) as exc:
             reason = str(exc)
@@ -274,5 +273,12 @@ def request_delete(ps: PrearchiveSession) -> None:
     check_idle(ps, "deleted")
     ps.status = QUEUED_DELETING
     db.session.commit()
-    ps.job_id = queue.enqueue_delete_prearchive(ps.id).id
+    _remember_job(ps.id, queue.enqueue_delete_prearchive(ps.id))
+
+
+def _remember_job(prearchive_id: int, job) -> None:
+    """Note a queued job on its row, which a fast worker may have deleted already
+    (an ORM update of a deleted row would fail with StaleDataError)."""
+    db.session.execute(update(PrearchiveSession).where(PrearchiveSession.id == prearchive_id)
+                       .values(job_id=job.id))
     db.session.commit()

@@ -222,22 +222,25 @@ def _same_dataset(path: Path, data: bytes, meta_length: int) -> bool:
 class Receiving:
     """The receiver's filing desk; one per process, shared by its associations."""
 
-    def __init__(self, app: Flask, directory):
+    def __init__(self, app: Flask, directory, source: str = "scp"):
         self.app = app
         self.directory = directory
+        self.source = source  # "rest" for the import service's gradual-DICOM
         self.data_dir = Path(app.config["DATA_DIR"])
         self._slots: dict[tuple[str, str], Slot] = {}
         self._study_locks: dict[tuple[str, str], threading.Lock] = {}
         self._mutex = threading.Lock()
 
     def store(self, data: bytes, meta_length: int, receiver_project: str | None,
-              calling_ae: str, called_ae: str) -> bool:
+              calling_ae: str, called_ae: str, explicit: dict | None = None) -> bool:
         """File one instance (the file's bytes); return False for a duplicate.
 
-        Raises Unreadable, or OSError (ENOSPC when the disk is full).
+        `explicit` project, subject and session labels (the import service's)
+        come first. Raises Unreadable, or OSError (ENOSPC when the disk is full).
         """
         header = read_header(data, routing.header_tags(self.directory.rules()))
-        ident = routing.identify(header.dataset, receiver_project=receiver_project,
+        ident = routing.identify(header.dataset, explicit=explicit,
+                                 receiver_project=receiver_project,
                                  rules=self.directory.rules())
         project = ident.project if self.directory.project_exists(ident.project) else None
         key = (storage.project_key(project), header.study_uid)
@@ -344,8 +347,8 @@ class Receiving:
                 now += dt.timedelta(milliseconds=1)
         storage.fsync_dir(path.parent)
         record = prearchive.new_record(
-            project, timestamp, folder, source="scp", subject=ident.subject, session=folder,
-            study_uid=header.study_uid, sender_ae=calling_ae)
+            project, timestamp, folder, source=self.source, subject=ident.subject,
+            session=folder, study_uid=header.study_uid, sender_ae=calling_ae)
         record.update(status=RECEIVING, receiver=called_ae,
                       flags={"auto_archive": ident.auto_archive},
                       scan_date=_iso_date(header.study_date))

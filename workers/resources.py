@@ -1,4 +1,5 @@
-"""Resources: named folders of files beside a project, subject, session or scan.
+"""Resources: named folders of files beside a project, subject, session or scan,
+or an assessor or reconstruction of a session.
 
 A resource (NIFTI, BEHAVIOUR, PHYSIO, REPORTS, ...) is a folder in the
 archive and a Resource row; each file in it is a File row with its size,
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,29 +19,51 @@ from flask import current_app
 from sqlalchemy import delete, func, insert, select
 
 from imaging import formats, labels, storage
-from models import File, ImagingSession, Project, Resource, Scan, Subject, db
+from imaging.extract import ExtractError, extract_members, list_members
+from models import (
+    Assessor,
+    File,
+    ImagingSession,
+    Project,
+    Reconstruction,
+    Resource,
+    Scan,
+    Subject,
+    db,
+)
+from workers.removal import commit_removing
 
 _CHUNK = 2**20
+_MAX_PATH = 1024
 
 
 class ResourceError(ValueError):
     """A resource request that cannot be done; the message is for the user."""
 
 
+class ResourceConflict(ResourceError):
+    """Files are already there and replacing them was not asked for."""
+
+
 @dataclass
 class Owner:
-    """What a resource belongs to: a project, and maybe a subject, session and scan."""
+    """What a resource belongs to: a project, and maybe a subject, a session and
+    one of its scans, assessors or reconstructions."""
 
     project: Project
     subject: Subject | None = None
     session: ImagingSession | None = None
     scan: Scan | None = None
+    assessor: Assessor | None = None
+    reconstruction: Reconstruction | None = None
 
     def filters(self) -> dict:
-        return {"project_id": self.project.id,
-                "subject_id": self.subject.id if self.subject else None,
-                "session_id": self.session.id if self.session else None,
-                "scan_id": self.scan.id if self.scan else None}
+        def id_of(row):
+            return row.id if row is not None else None
+        return {"project_id": self.project.id, "subject_id": id_of(self.subject),
+                "session_id": id_of(self.session), "scan_id": id_of(self.scan),
+                "assessor_id": id_of(self.assessor),
+                "reconstruction_id": id_of(self.reconstruction)}
 
     def folder(self, data_dir) -> Path:
         """Return the folder that holds this owner's resources (DESIGN.md "On disk")."""
@@ -49,7 +71,13 @@ class Owner:
         if self.session is not None:
             base = storage.archive_session_dir(data_dir, self.project.label,
                                                self.session.subject.label, self.session.label)
-            return base / "SCANS" / self.scan.scan_id if self.scan else base / "RESOURCES"
+            if self.scan is not None:
+                return base / "SCANS" / self.scan.scan_id
+            if self.assessor is not None:
+                return base / "ASSESSORS" / self.assessor.label
+            if self.reconstruction is not None:
+                return base / "RECONSTRUCTIONS" / self.reconstruction.label
+            return base / "RESOURCES"
         if self.subject is not None:
             base = base / self.subject.label
         return base / "RESOURCES"
@@ -64,11 +92,12 @@ class Added:
 
 
 def owner_of(resource: Resource) -> Owner:
+    def row(model, row_id):
+        return db.session.get(model, row_id) if row_id else None
     return Owner(db.session.get(Project, resource.project_id),
-                 db.session.get(Subject, resource.subject_id) if resource.subject_id else None,
-                 db.session.get(ImagingSession, resource.session_id)
-                 if resource.session_id else None,
-                 db.session.get(Scan, resource.scan_id) if resource.scan_id else None)
+                 row(Subject, resource.subject_id), row(ImagingSession, resource.session_id),
+                 row(Scan, resource.scan_id), row(Assessor, resource.assessor_id),
+                 row(Reconstruction, resource.reconstruction_id))
 
 
 def resource_dir(resource: Resource) -> Path:
@@ -139,9 +168,12 @@ def recount(resource_ids) -> None:
 
 
 def check_name(name: str) -> str:
-    """Return a file's path inside a resource, or raise ResourceError when unsafe."""
+    """Return a file's path inside a resource, or raise ResourceError when unsafe:
+    empty parts, "." and "..", hidden names, control characters, too long."""
     parts = name.replace("\\", "/").split("/")
-    if not name or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+    if not name or any(p in ("", ".", "..") or p.startswith(".") for p in parts) \
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or len(name) > _MAX_PATH \
+            or any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
         raise ResourceError(f"The file name {labels.shown(name)} cannot be stored.")
     return "/".join(parts)
 
@@ -160,50 +192,137 @@ def summarise(groups) -> list[tuple[list[str], str | None, dict | None, str | No
     return out
 
 
-def add_files(resource: Resource, paths: dict[str, Path], *, content=None, tags=None
-              ) -> Added:
+def add_files(resource: Resource, paths: dict[str, Path], *, content=None, tags=None,
+              format=None, overwrite: bool = False) -> Added:
     """Move files into a resource's folder and index them; the caller commits.
 
     `paths` maps the name each file gets inside the resource to where it is
     now (on the same filesystem: files are renamed, never copied). Imaging
-    files get their format and header summary; a damaged one or a header
-    without its data file is still stored, as a plain file, with a problem
-    noted. A name already in the resource is refused (a problem, file left).
+    files get their format and header summary (`format` given wins); a
+    damaged one or a header without its data file is still stored, as a plain
+    file, with a problem noted. A name already in the resource is refused (a
+    problem, file left) unless `overwrite`, which replaces file and row.
     """
     target_dir = resource_dir(resource)
     taken = set(db.session.scalars(select(File.path).filter_by(resource_id=resource.id)))
+    blocked = set(clashes(resource, list(paths), overwrite=True))
     names = {Path(p): n for n, p in paths.items()}
-    result, entries = Added(), []
+    result, entries, replaced = Added(), [], []
     for files, fmt, header, problem in summarise(formats.pair_files(list(paths.values()))):
         for n, path in enumerate(files):
             name = names[path]
-            if name in taken:
-                result.problems.append({"name": name, "reason": "a file of that name is "
-                                        "already in the resource; delete it first"})
+            if (name in taken and not overwrite) or name in blocked:
+                result.problems.append({"name": name, "reason": "a file or folder of that "
+                                        "name is already in the resource; delete it first"})
                 continue
+            if name in taken:
+                replaced.append(name)
             if problem and n == 0:
                 result.problems.append({"name": name, "reason": problem})
             target = target_dir / name
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
             taken.add(name)
-            entries.append(file_entry(target, name, None if problem else fmt,
+            entries.append(file_entry(target, name, format or (None if problem else fmt),
                                       header if n == 0 else None))
     if entries:
         storage.fsync_dir(target_dir)
+    if replaced:
+        db.session.execute(delete(File).where(File.resource_id == resource.id,
+                                              File.path.in_(replaced)))
     insert_files(resource.id, entries, content=content, tags=tags)
     db.session.flush()
+    refresh_scan(resource.scan_id, resource.label)
     result.files = list(db.session.scalars(select(File).filter(
         File.resource_id == resource.id, File.path.in_([e["name"] for e in entries]))))
     return result
 
 
+def clashes(resource: Resource, names: list[str], overwrite: bool = False) -> list[str]:
+    """Return the names that cannot be stored: taken (unless `overwrite`), or a
+    file where a folder of the resource is, or the other way round."""
+    taken = set(db.session.scalars(select(File.path).filter_by(resource_id=resource.id)))
+    folders = {p.rsplit("/", i)[0] for p in taken for i in range(1, p.count("/") + 1)}
+    bad = []
+    for name in names:
+        parents = ["/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1)]
+        if name in folders or any(p in taken for p in parents) or \
+                (name in taken and not overwrite):
+            bad.append(name)
+    return bad
+
+
+def add_new_files(resource: Resource, paths: dict[str, Path], *, overwrite: bool = False,
+                  **options) -> Added:
+    """add_files, all or nothing: raise ResourceConflict, before anything moves,
+    when a name cannot be stored (taken and no `overwrite`, or a file/folder clash)."""
+    names = {check_name(name): path for name, path in paths.items()}
+    bad = clashes(resource, list(names), overwrite)
+    if bad:
+        raise ResourceConflict(
+            f"{len(bad)} file(s) already exist in resource {resource.label}, e.g. "
+            f"{labels.shown(bad[0])}; send overwrite=true to replace them.")
+    return add_files(resource, names, overwrite=overwrite, **options)
+
+
+def unpack_into(resource: Resource, archive: Path, work_dir: Path, prefix: str = "",
+                **options) -> Added:
+    """Unpack a zip or tar safely (imaging.extract) and add its files under `prefix`,
+    all or nothing. Raises ResourceError, or ResourceConflict as add_new_files."""
+    try:
+        members = list_members(archive)
+        unpacked = {m.name: path for m, path in extract_members(archive, members, work_dir)}
+    except ExtractError as exc:
+        raise ResourceError(str(exc)) from None
+    if not unpacked:
+        raise ResourceError("The archive holds no files.")
+    return add_new_files(resource, {prefix + name: path for name, path in unpacked.items()},
+                         **options)
+
+
+def find(owner: Owner, ref: str) -> Resource | None:
+    """Return the owner's resource named by its label, or else by its numeric id."""
+    resource = None
+    if labels.LABEL_RE.fullmatch(ref):
+        resource = db.session.scalar(select(Resource).filter_by(label=ref, **owner.filters()))
+    if resource is None and ref.isdigit() and len(ref) < 16:
+        resource = db.session.scalar(select(Resource).filter_by(id=int(ref),
+                                                                **owner.filters()))
+    return resource
+
+
+def update(resource: Resource, *, format=None, content=None, tags=None) -> None:
+    """Change a resource's format, content and tags (those given)."""
+    for key, value in (("format", format), ("content", content), ("tags", tags)):
+        if value is not None:
+            setattr(resource, key, value[:64 if key == "format" else 255] or None)
+
+
+# The resources that hold a scan's own images (the rest are derived files).
+SCAN_IMAGES = ("DICOM", "ECAT")
+
+
+def refresh_scan(scan_id: int | None, label: str) -> None:
+    """Recount a scan's images and their bytes after the files of its resource
+    `label` changed (only the image resources count, as when it was archived)."""
+    if not scan_id or label not in SCAN_IMAGES:
+        return
+    scan = db.session.get(Scan, scan_id)
+    count, size = db.session.execute(
+        select(func.count(File.id), func.coalesce(func.sum(File.size), 0))
+        .join(Resource, Resource.id == File.resource_id)
+        .where(Resource.scan_id == scan_id, Resource.label.in_(SCAN_IMAGES))).one()
+    scan.instance_count, scan.size = int(count), int(size)
+
+
 def delete_file(file: File) -> None:
     """Delete one file of a resource: its row (committed), then its bytes."""
     path = resource_dir(file.resource) / file.path
+    scan_id, label = file.resource.scan_id, file.resource.label
     db.session.delete(file)
     db.session.flush()
     recount([file.resource_id])
+    refresh_scan(scan_id, label)
     db.session.commit()
     # After the commit: a crash between the two leaves a stray file, never a
     # row without its file.
@@ -213,15 +332,9 @@ def delete_file(file: File) -> None:
 def delete_resource(resource: Resource) -> None:
     """Delete a resource: its folder goes to the trash, then its rows go; commits."""
     folder = resource_dir(resource)
+    scan_id, label = resource.scan_id, resource.label
     db.session.execute(delete(File).where(File.resource_id == resource.id))
     db.session.delete(resource)
-    trashed = storage.to_trash(folder)
-    try:
-        db.session.commit()
-    except Exception:
-        db.session.rollback()
-        if trashed is not None:
-            storage.move_into(trashed, folder)
-        raise
-    if trashed is not None:
-        shutil.rmtree(trashed, ignore_errors=True)
+    db.session.flush()
+    refresh_scan(scan_id, label)
+    commit_removing(folder)

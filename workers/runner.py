@@ -1,8 +1,11 @@
 """Running RQ workers inside the application."""
 from __future__ import annotations
 
+import threading
+
 from flask import current_app
-from rq import Worker
+from rq import SimpleWorker, Worker
+from rq.timeouts import TimerDeathPenalty
 
 from workers.queue import get_queue, get_redis
 
@@ -13,3 +16,48 @@ def run_worker(burst: bool = False) -> bool:
     worker = Worker([queue], connection=get_redis(), log_job_description=False)
     current_app.logger.info("worker %s on queue %s", worker.name, queue.name)
     return worker.work(burst=burst, logging_level="WARNING")
+
+
+class ThreadWorker(SimpleWorker):
+    """A SimpleWorker that may run in any thread: no signal handlers (Python
+    only lets the main thread install them) and job timeouts kept by a timer."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self):
+        pass
+
+
+class BackgroundWorker:
+    """Run the queue's jobs in a thread of this process until the block ends:
+    for ``flask import`` when no worker runs, and for tests.
+
+        with BackgroundWorker(app):
+            ...
+    """
+
+    def __init__(self, app, poll_seconds: float = 0.1):
+        self.app = app
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scanyard-jobs", daemon=True)
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            while not self._stop.is_set():
+                worker = ThreadWorker([get_queue()], connection=get_redis())
+                worker.work(burst=True, logging_level="WARNING")
+                self._stop.wait(self.poll_seconds)
+
+    def __enter__(self) -> BackgroundWorker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def workers_running() -> int:
+    """Return how many RQ workers listen on Scanyard's queue now."""
+    return len(Worker.all(queue=get_queue()))
