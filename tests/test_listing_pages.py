@@ -1,6 +1,6 @@
 """The archive's listing pages at scale: the projects page counts bytes from the
 resources' totals, which follow every change of their files, and the pages ask
-the database a fixed number of times however many rows they show."""
+the database a fixed number of times however many rows they show (REST lists too)."""
 from __future__ import annotations
 
 import contextlib
@@ -118,7 +118,9 @@ def test_listing_pages_ask_the_database_as_often_for_many_rows_as_for_one(
     send(client, study(series=1, per_series=2), subject="SUBJ", session="MR1")
     archive_newest(app, client, run_jobs)
     pages = ["/", "/projects/p1", "/projects/p1/subjects/SUBJ", "/projects/p1/sessions/MR1",
-             "/projects/p1/sessions/MR1/scans/1", "/search?q=SUBJ"]
+             "/projects/p1/sessions/MR1/scans/1", "/search?q=SUBJ",
+             "/data/projects/p1/subjects?format=json", "/data/projects/p1/experiments?format=json",
+             "/data/experiments?format=json"]
     one = {url: queries_for(app, client, url) for url in pages}
 
     for subject, session in (("SUBJ", "MR2"), ("SUBJ3", "MR3")):

@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 from flask import request
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from blueprints import access
 from blueprints.xnat import output
@@ -168,12 +169,13 @@ def collection_rows(t: Target) -> tuple[list[dict], str]:
     if kind == "projects":
         return [project_row(p) for p in access.visible_projects(access.SEE)], kind
     if kind == "subjects":
-        query = select(Subject).order_by(Subject.label)
+        query = select(Subject).options(joinedload(Subject.project)).order_by(Subject.label)
         query = query.filter_by(project_id=t.project.id) if t.project else query.where(
             Subject.project_id.in_([p.id for p in access.visible_projects(access.READ)]))
         return [subject_row(s) for s in db.session.scalars(query)], kind
     if kind == "experiments":
-        query = select(ImagingSession).order_by(ImagingSession.label)
+        query = select(ImagingSession).order_by(ImagingSession.label).options(
+            joinedload(ImagingSession.project), joinedload(ImagingSession.subject))
         if t.subject is not None:
             query = query.filter_by(subject_id=t.subject.id)
         elif t.project is not None:
