@@ -142,7 +142,7 @@ def _memory_rows(f: dict) -> list[tuple]:
     if zips.get("orthanc memory"):
         theirs["Orthanc (zip)"] = zips["orthanc memory"]["Orthanc"]
     if (f.get("listing") or {}).get("peak_rss_mb"):
-        peaks["listing process (fill + requests)"] = f["listing"]["peak_rss_mb"]
+        peaks["listings (fill + requests)"] = f["listing"]["peak_rss_mb"]
     rows, others = [], [f"{role} {mb:.0f} MB" for role, mb in sorted(theirs.items())]
     for n, (role, mb) in enumerate(sorted(peaks.items())):
         rows.append(("peak memory" if n == 0 else "", f"{mb:.0f} MB {role}",
