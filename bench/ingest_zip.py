@@ -45,6 +45,9 @@ from harness import Client, MemorySampler, Server, job_times, postgres_database
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from imaging.anonymize import DEFAULT_SITE_SCRIPT  # noqa: E402
+
 GOAL_RATIO, GOAL_MEMORY_MB, GOAL_ARCHIVE_S = 1.3, 300, 1.0
 
 
@@ -120,6 +123,8 @@ def run(args, tmp: Path, database_url: str) -> dict:
         sampler.start()
         client = Client(server.base)
         client.login_and_create_project()
+        if args.site_script == "off":
+            client.post_form("/admin/anonymization", {"text": DEFAULT_SITE_SCRIPT})
         for n in range(args.rounds):
             rounds.append(one_round(args, client, sampler, zip_path, f"BENCH{n + 1}", bare[0][2]))
             bare.append(bare_loop(zip_path, tmp / "bare"))
@@ -161,7 +166,7 @@ def show(args, r: dict) -> None:
           f"{args.series} series, zip {r['zip'].stat().st_size / mb:.0f} MB "
           f"({unpacked / mb:.0f} MB unpacked)\nserve: {args.workers} workers, "
           f"{args.web_workers} web processes, {args.database}, {redis}, "
-          f"batches of {args.batch_size}\n")
+          f"batches of {args.batch_size}, site anonymization script {args.site_script}\n")
     bare_cpu = statistics.median(b[1] for b in r["bare"]) / n * 1000
     bare_sys = statistics.median(b[3] for b in r["bare"]) / n * 1000
     print(f"  bare loop (1 process: unzip, read header, sha256, write; no fsync): "
@@ -223,6 +228,8 @@ def main(argv=None) -> int:
     parser.add_argument("--redis-url", help="a Redis server (default: the embedded one)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="uploads of the zip, each between two runs of the bare loop")
+    parser.add_argument("--site-script", choices=("on", "off"), default="on",
+                        help="the site anonymization script (on, as installed, by default)")
     parser.add_argument("--timeline", action="store_true", help="print when each job ran")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)

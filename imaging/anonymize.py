@@ -50,16 +50,19 @@ Example (a project that keeps dates for a longitudinal study):
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pydicom
 from pydicom import Dataset
 from pydicom.multival import MultiValue
 
 from imaging import deid_actions as actions
+from imaging import dicomio, dicomwrite
 from imaging.anonymize_parse import (
     VARIABLES,
     Profile,
@@ -76,7 +79,7 @@ from imaging.storage import fsync_dir
 
 __all__ = [
     "DEFAULT_SITE_SCRIPT", "VARIABLES", "Script", "ScriptError", "ScriptRejected",
-    "anonymize_file", "apply_script", "parse_script",
+    "anonymize_bytes", "anonymize_file", "anonymize_header", "apply_script", "parse_script",
 ]
 
 DEFAULT_SITE_SCRIPT = """\
@@ -287,6 +290,41 @@ def _reject(run: _Run, s: Reject) -> None:
         raise ScriptRejected(f"rejected by line {s.line}: {s.source}")
 
 
+def anonymize_header(ds: Dataset, data: bytes, pixels: tuple[int, int], script: Script,
+                     variables: dict, secret: bytes, uid_prefix: str | None = None):
+    """Apply `script` to a header dicomio.read_header read from `data`.
+
+    The pixel data and what follows it are added as raw bytes (never
+    parsed) and the file is written anew with every untouched element
+    copied. Returns (changes, the new bytes or None when nothing changed,
+    the tags of the elements that changed; 0x00020000 for the file meta),
+    or None when the file cannot be written this way: the caller then runs
+    anonymize_bytes on `data`. Raises ScriptRejected as apply_script does.
+    """
+    if not dicomio.add_rest(ds, data, pixels):
+        return None
+    before = dict(ds._dict)
+    meta = dict(ds.file_meta._dict) if hasattr(ds, "file_meta") else None
+    changes = apply_script(script, ds, variables, secret, uid_prefix)
+    if not changes:
+        return changes, None, set()
+    _ensure_transfer_syntax(ds)
+    changed = {t for t in before.keys() | ds._dict.keys() if before.get(t) is not ds._dict.get(t)}
+    same_meta = meta is not None and meta == ds.file_meta._dict
+    if not same_meta:
+        changed.add(0x00020000)
+    new = dicomwrite.encode_fast(ds, data if same_meta else None)
+    if new is None:
+        return None
+    return changes, new, changed
+
+
+class Anonymized(NamedTuple):
+    changes: list[str]
+    data: bytes | None
+    dataset: Dataset
+
+
 def anonymize_file(path, script: Script, variables: dict, secret: bytes,
                    uid_prefix: str | None = None) -> list[str]:
     """Apply `script` to the DICOM file at `path` and replace the file atomically.
@@ -296,15 +334,13 @@ def anonymize_file(path, script: Script, variables: dict, secret: bytes,
     Raises ScriptRejected as apply_script does; the file is then unchanged.
     """
     path = Path(path)
-    ds = pydicom.dcmread(path, force=True)
-    changes = apply_script(script, ds, variables, secret, uid_prefix)
+    changes, data, _ = anonymize_bytes(path.read_bytes(), script, variables, secret, uid_prefix)
     if not changes:
         return []
-    _ensure_transfer_syntax(ds)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.anon")
     try:
         with open(tmp, "wb") as fh:
-            _write(fh, ds)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -315,9 +351,23 @@ def anonymize_file(path, script: Script, variables: dict, secret: bytes,
     return changes
 
 
-def _write(fh, ds: Dataset) -> None:
+def anonymize_bytes(data: bytes, script: Script, variables: dict, secret: bytes,
+                    uid_prefix: str | None = None) -> Anonymized:
+    """Apply `script` to a DICOM file's bytes; return (changes, new bytes, dataset).
+
+    The new bytes are None when nothing changed. Elements the script left
+    alone are written as they were read (imaging.dicomwrite). Raises
+    ScriptRejected as apply_script does.
+    """
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    meta = dict(ds.file_meta._dict) if hasattr(ds, "file_meta") else None
+    changes = apply_script(script, ds, variables, secret, uid_prefix)
+    if not changes:
+        return Anonymized([], None, ds)
+    _ensure_transfer_syntax(ds)
+    same_meta = meta is not None and meta == ds.file_meta._dict
     try:
-        pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+        return Anonymized(changes, dicomwrite.encode(ds, data if same_meta else None), ds)
     except (AttributeError, ValueError) as exc:  # pydicom's word for a file meta it cannot make
         raise ScriptRejected(f"the changed file cannot be written as DICOM: {exc}") from exc
 

@@ -26,6 +26,7 @@ _CHUNK = 2**20
 _HEAD = 2**20
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _PIXEL_DATA = b"\xe0\x7f\x10\x00"
+_PIXEL_TAG = pydicom.tag.BaseTag(0x7FE00010)
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 # By the standard these VRs hold ASCII text to which no character set applies,
@@ -175,15 +176,22 @@ def _hashes(path, offset: int) -> tuple[str, str]:
 
 def _parse(f, dicm: bool, size: int, **kwargs) -> pydicom.Dataset:
     """Return the header read from the open file `f`, checking the pixels are all there."""
+    return _parse_to_pixels(f, dicm, size, **kwargs)[0]
+
+
+def _parse_to_pixels(f, dicm: bool, size: int, **kwargs) -> tuple[pydicom.Dataset, int, int]:
+    """Return (header, where the pixel data starts, where it ends; 0 if none)."""
     try:
         ds = pydicom.dcmread(f, stop_before_pixels=True, force=not dicm, **kwargs)
     except Exception as exc:  # pydicom raises many kinds on bad bytes
         raise NotDicom(f"DICOM header could not be read: {exc}") from exc
     # pydicom stops in front of the pixel data without reading it, so a file
     # cut short in its pixels (a broken transfer) would otherwise pass.
-    if _pixels_end(f, f.tell()) > size:
+    start = f.tell()
+    end = _pixels_end(f, start)
+    if end > size:
         raise NotDicom("DICOM file is truncated: its pixel data is incomplete")
-    return ds
+    return ds, start, end
 
 
 def _pixels_end(f, pos: int) -> int:
@@ -245,6 +253,15 @@ def read_dicom(path, data: bytes | None = None) -> DicomInfo:
     dataset_sha256 = hashlib.sha256(memoryview(data)[offset:]).hexdigest()
     ds = _parse(io.BytesIO(data), dicm, size)
     return _checked_info(ds, file_sha256, dataset_sha256, size, offset)
+
+
+def info_of(ds, data: bytes) -> DicomInfo:
+    """Return the DicomInfo of `data`, a file's bytes, from `ds`, the dataset
+    they hold, already parsed (a writer that has just made both)."""
+    offset = dataset_offset(data)
+    return _checked_info(ds, hashlib.sha256(data).hexdigest(),
+                         hashlib.sha256(memoryview(data)[offset:]).hexdigest(),
+                         len(data), offset)
 
 
 def _read_large(path, size: int) -> DicomInfo:
@@ -330,6 +347,41 @@ def _transfer_syntax(ds) -> str | None:
     return syntax
 
 
+# The DicomInfo fields read from one element each: field -> (keyword, reader).
+_TEXT, _INT, _FLOAT, _DATE = "text", "int", "float", "date"
+_FIELDS = {
+    "modality": ("Modality", _TEXT),
+    "series_number": ("SeriesNumber", _TEXT),
+    "series_description": ("SeriesDescription", _TEXT),
+    "instance_number": ("InstanceNumber", _INT),
+    "study_date": ("StudyDate", _DATE),
+    "study_time": ("StudyTime", _TEXT),
+    "study_description": ("StudyDescription", _TEXT),
+    "accession_number": ("AccessionNumber", _TEXT),
+    "patient_name": ("PatientName", _TEXT),
+    "patient_id": ("PatientID", _TEXT),
+    "patient_comments": ("PatientComments", _TEXT),
+    "study_comments": ("StudyComments", _TEXT),
+    "additional_patient_history": ("AdditionalPatientHistory", _TEXT),
+    "manufacturer": ("Manufacturer", _TEXT),
+    "model": ("ManufacturerModelName", _TEXT),
+    "station_name": ("StationName", _TEXT),
+    "repetition_time": ("RepetitionTime", _FLOAT),
+    "echo_time": ("EchoTime", _FLOAT),
+    "flip_angle": ("FlipAngle", _FLOAT),
+}
+# Elements whose change calls for reading the whole info again.
+_IDENTITY = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def _field(ds, keyword: str, reader: str):
+    if reader == _TEXT:
+        return _text(ds, keyword)
+    if reader == _DATE:
+        return _date(_text(ds, keyword))
+    return _number(ds, keyword, int if reader == _INT else float)
+
+
 def _info(ds, file_sha256: str, dataset_sha256: str, size: int, offset: int) -> DicomInfo:
     study_uid = _text(ds, "StudyInstanceUID")
     series_uid = _text(ds, "SeriesInstanceUID")
@@ -344,30 +396,80 @@ def _info(ds, file_sha256: str, dataset_sha256: str, size: int, offset: int) -> 
         sop_uid=_text(ds, "SOPInstanceUID") or _text(meta, "MediaStorageSOPInstanceUID"),
         sop_class_uid=_text(ds, "SOPClassUID") or _text(meta, "MediaStorageSOPClassUID"),
         transfer_syntax=_transfer_syntax(ds),
-        modality=_text(ds, "Modality"),
-        series_number=_text(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"),
-        instance_number=_number(ds, "InstanceNumber", int),
-        study_date=_date(_text(ds, "StudyDate")),
-        study_time=_text(ds, "StudyTime"),
-        study_description=_text(ds, "StudyDescription"),
-        accession_number=_text(ds, "AccessionNumber"),
-        patient_name=_text(ds, "PatientName"),
-        patient_id=_text(ds, "PatientID"),
-        patient_comments=_text(ds, "PatientComments"),
-        study_comments=_text(ds, "StudyComments"),
-        additional_patient_history=_text(ds, "AdditionalPatientHistory"),
-        manufacturer=_text(ds, "Manufacturer"),
-        model=_text(ds, "ManufacturerModelName"),
-        station_name=_text(ds, "StationName"),
-        repetition_time=_number(ds, "RepetitionTime", float),
-        echo_time=_number(ds, "EchoTime", float),
-        flip_angle=_number(ds, "FlipAngle", float),
+        **{name: _field(ds, keyword, reader) for name, (keyword, reader) in _FIELDS.items()},
         file_sha256=file_sha256,
         dataset_sha256=dataset_sha256,
         size=size,
         meta_length=offset,
     )
+
+
+def read_header(data: bytes) -> tuple[DicomInfo, pydicom.Dataset, tuple[int, int]]:
+    """Do what read_dicom does for a file's bytes, and also return its header.
+
+    Returns (info, the header as pydicom parsed it, (where its pixel data
+    starts, where it ends; 0 when there is none)). The header's elements are
+    left as read (raw), so a writer can copy the ones it does not change;
+    add_rest() adds the pixel data and what follows it.
+    """
+    size = len(data)
+    dicm = _check_start(data)
+    offset = dataset_offset(data)
+    file_sha256 = hashlib.sha256(data).hexdigest()
+    dataset_sha256 = hashlib.sha256(memoryview(data)[offset:]).hexdigest()
+    ds, start, end = _parse_to_pixels(io.BytesIO(data), dicm, size)
+    as_read = dict(ds._dict)
+    info = _checked_info(ds, file_sha256, dataset_sha256, size, offset)
+    ds._dict.update(as_read)
+    return info, ds, (start, end)
+
+
+def add_rest(ds: pydicom.Dataset, data: bytes, pixels: tuple[int, int]) -> bool:
+    """Add to a header read_header read from `data` its pixel data (as raw
+    bytes, never decoded) and the elements after it, so that `ds` holds the
+    whole dataset. Returns False when the file is not one this understands
+    (big endian, say): the caller then reads it whole with pydicom.
+    """
+    implicit, little = ds.original_encoding
+    if implicit is None or not little:
+        return False
+    start, end = pixels
+    rest = start
+    if end:
+        explicit = data[start + 4 : start + 6] in (b"OB", b"OW")
+        if explicit == implicit:
+            return False
+        header = 12 if explicit else 8
+        (length,) = struct.unpack_from("<I", data, start + header - 4)
+        undefined = length == 0xFFFFFFFF
+        vr = data[start + 4 : start + 6].decode() if explicit else None
+        value = data[start + header : end - 8 if undefined else end]
+        ds._dict[_PIXEL_TAG] = RawDataElement(_PIXEL_TAG, vr, length, value, start + header,
+                                              implicit, little)
+        rest = end
+    if rest < len(data):
+        f = io.BytesIO(data)
+        f.seek(rest)
+        try:
+            tail = pydicom.filereader.read_dataset(f, implicit, little)
+        except Exception:  # pydicom raises many kinds on bad bytes
+            return False
+        ds._dict.update(tail._dict)
+    return True
+
+
+def changed_info(info: DicomInfo, ds, data: bytes, changed: set[int]) -> DicomInfo:
+    """Return the DicomInfo of `data`, the bytes written from `ds` after the
+    elements `changed` (their tags) changed in it; `info` was read before."""
+    if any(_tag_of(k) in changed for k in _IDENTITY) or any(t >> 16 == 2 for t in changed):
+        return info_of(ds, data)
+    offset = dataset_offset(data)
+    values = {name: _field(ds, keyword, reader) for name, (keyword, reader) in _FIELDS.items()
+              if _tag_of(keyword) in changed}
+    return dataclasses.replace(
+        info, **values, file_sha256=hashlib.sha256(data).hexdigest(),
+        dataset_sha256=hashlib.sha256(memoryview(data)[offset:]).hexdigest(),
+        size=len(data), meta_length=offset)
 
 
 def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:

@@ -366,11 +366,15 @@ def extract_members(
 
 
 def unpack_members(
-    path, members: list[Member], dest_dir, limits: Limits = Limits(), keep_bytes: int = 0
+    path, members: list[Member], dest_dir, limits: Limits = Limits(), keep_bytes: int = 0,
+    write_kept: bool = True,
 ) -> Iterator[tuple[Member, pathlib.Path, bytes | None]]:
     """Do what extract_members does, and yield (member, path, data) where `data`
     is the member's content when it holds at most `keep_bytes` (<= CHUNK),
     else None: a caller that reads each file then need not read it back.
+
+    With `write_kept` false, a member whose data is yielded is not written:
+    the caller writes it (write_file), or what it makes of it, to the path.
     """
     _check_sizes(members, limits)
     root = pathlib.Path(dest_dir).resolve()
@@ -383,5 +387,30 @@ def unpack_members(
         with source:
             target = _target(root, member, parents)
             keep = 0 < member.size <= keep_bytes
-            data = _write(source, kind, member, target, made, keep)
+            if keep and not write_kept:
+                data = _read(source, kind, member)
+            else:
+                data = _write(source, kind, member, target, made, keep)
         yield member, target, data
+
+
+def _read(source, kind: str, member: Member) -> bytes:
+    """Return the content of a small member, never more than it declares."""
+    with _reading(kind):
+        data = source.read(member.size + 1)
+    if len(data) > member.size:
+        raise _entry_error(member.name, _LYING)
+    return data
+
+
+def write_file(target: pathlib.Path, data: bytes, name: str) -> None:
+    """Write `data` to `target` (the path unpack_members gave the member
+    `name`), as _write would."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        raise _entry_error(name, "clashes with another entry of the same name") from exc
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o644)
+        out.write(data)

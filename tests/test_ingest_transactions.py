@@ -26,10 +26,11 @@ def test_ingest_jobs_hold_no_transaction_while_they_work_on_files(
         monkeypatch.setattr(module, name, wrapper)
 
     watch(ingest, "list_members")                   # extract_upload lists the archive
-    watch(ingest.ingest_formats, "read_member")     # read_batch reads each file
+    watch(ingest.ingest_formats, "read_member")     # read_batch reads each file,
+    watch(ingest.site_script.BatchScript, "read")   # ... with the site script when it is on
     res = upload(client, zip_bytes({f"{n}.dcm": data for n, data in enumerate(files)}))
     run_jobs()
 
     assert client.get(res.get_json()["api"]).get_json()["status"] == "DONE"
-    assert {name for name, _ in seen} == {"list_members", "read_member"}
+    assert {name for name, _ in seen} == {"list_members", "read"}
     assert [name for name, in_transaction in seen if in_transaction] == []

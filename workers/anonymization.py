@@ -9,6 +9,7 @@ files they changed, so a job that runs twice changes nothing more.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
 
@@ -107,13 +108,16 @@ def variables(record: dict, scan_id: str, labels: dict | None = None) -> dict:
             "session": labels.get("session"), "scan": scan_id}
 
 
-def anonymize_record(script: Script, record: dict, path_of, labels: dict | None = None):
+def anonymize_record(script: Script, record: dict, path_of, labels: dict | None = None,
+                     prepared=None):
     """Apply `script` to every file of a prearchive record's scans.
 
     `path_of(scan, entry)` gives each file's path. What the record says of
     the files, their scans and their study is read again from the rewritten
     files, so no original value stays in the record (nor reaches the
-    archive's index); rejected files leave the record. Returns (files
+    archive's index); rejected files leave the record. `prepared(scan,
+    entry, variables)` may give the outcome of a run made earlier with these
+    variables (a Prepared), or None to run the script here. Returns (files
     changed, [(scan, entry, path, reason) rejected]).
     """
     key = secret()
@@ -123,20 +127,35 @@ def anonymize_record(script: Script, record: dict, path_of, labels: dict | None 
             continue  # an ECAT scan: the scripts are DICOM's
         kept = []
         for entry in scan.get("files", []):
-            path = path_of(scan, entry)
-            try:
-                if anonymize_file(path, script, variables(record, scan["id"], labels), key):
-                    changed += 1
-            except ScriptRejected as exc:
-                rejected.append((scan, entry, path, exc.reason))
+            values = variables(record, scan["id"], labels)
+            done = prepared(scan, entry, values) if prepared is not None else None
+            if done is None:
+                path = path_of(scan, entry)
+                try:
+                    done = Prepared(changed=bool(anonymize_file(path, script, values, key)))
+                except ScriptRejected as exc:
+                    done = Prepared(rejected=exc.reason)
+                else:
+                    done.info = dicomio.read_dicom(path)
+            if done.rejected is not None:
+                rejected.append((scan, entry, path_of(scan, entry), done.rejected))
                 continue
-            info = dicomio.read_dicom(path)
+            changed += done.changed
             if not kept:
-                _describe(record, scan, info)
-            kept.append(file_entry(entry["name"], info))
+                _describe(record, scan, done.info)
+            kept.append(file_entry(entry["name"], done.info))
         scan["files"] = kept
     record["scans"] = [s for s in record.get("scans", []) if s["files"] or s.get("resources")]
     return changed, rejected
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What a script did to one file: rejected it (the reason), or left this info."""
+
+    changed: bool = False
+    info: dicomio.DicomInfo | None = None
+    rejected: str | None = None
 
 
 def _describe(record: dict, scan: dict, info: dicomio.DicomInfo) -> None:

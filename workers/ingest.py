@@ -19,7 +19,16 @@ from rq import get_current_job
 from sqlalchemy import select, update
 
 from imaging import formats, labels, routing, storage
-from imaging.extract import ExtractError, Member, archive_kind, extract_members, list_members
+from imaging.extract import (
+    CHUNK,
+    ExtractError,
+    Member,
+    archive_kind,
+    extract_members,
+    list_members,
+    unpack_members,
+    write_file,
+)
 from models import (
     READY,
     UPLOAD_DONE,
@@ -32,7 +41,7 @@ from models import (
     db,
     utcnow,
 )
-from workers import anonymization, ingest_formats, joining, prearchive, queue
+from workers import anonymization, ingest_formats, joining, prearchive, queue, site_script
 from workers.context import app_job
 from workers.faults import crash_point
 from workers.scans import Report, study_summary
@@ -137,36 +146,47 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
     if upload is None or upload.status != UPLOAD_READING:
         return
     (root, files), src = _dirs(upload), _source(upload)
+    out = root / "batches" / f"{batch_no}.json"
+    if out.exists():
+        db.session.commit()
+        return
+    script = site_script.BatchScript(upload, root)
     # End the read transaction: on SQLite it holds the write lock, and the
     # other batches of the upload run at the same time.
     db.session.commit()
-    out = root / "batches" / f"{batch_no}.json"
-    if out.exists():
-        return
     saved = storage.read_json(root / "members.json")
     members = [Member(*saved["members"][i]) for i in indexes]
     results = []
-    for member, path in _unpacked(src, saved["kind"], members, files):
+    # A zip member the site script rewrites is written once, rewritten (its
+    # original stays in the zip); the others as they are.
+    in_place = saved["kind"] == "zip" and script.active
+    for member, path, data in _unpacked(src, saved["kind"], members, files, in_place):
         crash_point("read_batch")
-        results.append(ingest_formats.read_member(member.name, path))
+        result = script.read(member.name, path, data, in_place=in_place)
+        if in_place and data is not None and not site_script.written(result):
+            write_file(path, data, member.name)
+        results.append(result or ingest_formats.read_member(member.name, path, data))
     storage.write_json_atomic(out, results)
     db.session.execute(update(Upload).where(Upload.id == upload_id)
                        .values(files_read=Upload.files_read + len(results)))
     db.session.commit()
 
 
-def _unpacked(src: Path, kind, members, files):
-    """Yield (member, path on disk) for a batch, unpacking zip members first."""
+def _unpacked(src: Path, kind, members, files, in_place: bool = False):
+    """Yield (member, path on disk, its bytes or None) for a batch, unpacking
+    zip members first (whose bytes are then at hand, up to 1 MB; with
+    `in_place`, those are not written: the caller writes them)."""
     if kind == "zip":
         try:
-            yield from extract_members(src, members, files)
+            yield from unpack_members(src, members, files, keep_bytes=CHUNK,
+                                      write_kept=not in_place)
         except ExtractError as exc:
             raise RuntimeError(str(exc)) from exc
     elif kind in ("tar", "folder"):  # unpacked (or copied) into files/ already
         for m in members:
-            yield m, files / m.name
+            yield m, files / m.name, None
     else:
-        yield members[0], src
+        yield members[0], src, None
 
 
 @app_job
@@ -196,12 +216,17 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     taken = {record["folder"] for record, _ in sessions}
     sessions += ingest_formats.plan_ecat_sessions(upload, ecat_items, timestamp, report, taken)
 
+    replaced: dict[str, Path] = {}  # files the site script rewrote in the batches
+
     def source_of(name):
+        if name in replaced:
+            return replaced[name]
         return _source(upload) if kind == "file" else files / name
 
     sessions += ingest_formats.place_resources(upload, loose, sessions, source_of, timestamp,
                                                report)
-    sessions = _apply_site_script(sessions, source_of, report)
+    sessions = _apply_site_script(sessions, source_of, report, read, good, root, replaced,
+                                  saved, _source(upload))
     made = sessions
     sessions, joined = joining.join_existing(upload, sessions, source_of, report)
 
@@ -238,16 +263,22 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     storage.remove_tree(root)
 
 
-def _apply_site_script(sessions, source_of, report: Report):
+def _apply_site_script(sessions, source_of, report: Report, read, good, root: Path,
+                       replaced: dict[str, Path], saved: dict, _source_path: Path):
     """Run the site's anonymization script on each planned file before it is READY.
 
-    Files are rewritten where they are (the upload folder, or the prearchive
-    when a first run of this job moved them already); rejected files go to
-    quarantine with the reason. Returns the sessions that still have files.
+    The batches ran it already where they guessed the variables right
+    (workers.site_script): such a file's new version goes into `replaced`.
+    Others are rewritten here, where they are (the upload folder, or the
+    prearchive when a first run of this job moved them already); rejected
+    files go to quarantine with the reason. Returns the sessions that still
+    have files.
     """
     script = anonymization.active_script(anonymization.SITE)
     if script is None:
         return sessions
+    outcome = site_script.outcomes(read, good, script, root)
+    originals = {m[0]: Member(*m) for m in saved["members"]} if saved["kind"] == "zip" else {}
     kept = []
     for record, moves in sessions:
         by_entry = {(t.parent.parent.name, t.name): (name, t) for name, t in moves}
@@ -256,7 +287,27 @@ def _apply_site_script(sessions, source_of, report: Report):
             name, target = by_entry[(scan["id"], entry["name"])]
             return source_of(name) if source_of(name).exists() else target
 
-        changed, rejected = anonymization.anonymize_record(script, record, path_of)
+        def prepared(scan, entry, values, by_entry=by_entry):
+            name, target = by_entry[(scan["id"], entry["name"])]
+            found = outcome(name, values)
+            if found is site_script.RESTORE:
+                # Rewritten in place by its batch for other labels: back to the
+                # original (from the zip) before the script runs here.
+                if not target.exists():
+                    for _ in unpack_members(_source_path, [originals[name]], root / "files"):
+                        pass
+                return None
+            if found is None:
+                return None
+            done, new = found
+            if new is not None:
+                if not new.exists() and not target.exists():
+                    return None  # the batch's file is gone: run the script here
+                replaced[name] = new
+            return done
+
+        changed, rejected = anonymization.anonymize_record(script, record, path_of,
+                                                           prepared=prepared)
         dropped = set()
         for scan, entry, path, reason in rejected:
             name, target = by_entry[(scan["id"], entry["name"])]
@@ -316,7 +367,7 @@ def plan_sessions(upload: Upload, good, timestamp: str, report: Report):
     planned = []
     for n, (study_uid, items) in enumerate(sorted(by_study.items())):
         first = items[0][1]
-        ident = routing.identify(_header_of(first), explicit=explicit if n == 0 else
+        ident = routing.identify(site_script.header_of(first), explicit=explicit if n == 0 else
                                  {**explicit, "session": None})
         project = ident.project if ident.project in known_projects else None
         if ident.project and project is None:
@@ -344,12 +395,6 @@ def plan_sessions(upload: Upload, good, timestamp: str, report: Report):
         record["status"] = READY
         planned.append((record, moves))
     return planned
-
-
-def _header_of(info) -> dict[int, str | None]:
-    return {0x00081030: info.study_description, 0x00100010: info.patient_name,
-            0x00100020: info.patient_id, 0x00104000: info.patient_comments,
-            0x00324000: info.study_comments, 0x001021B0: info.additional_patient_history}
 
 
 def _unique(wanted: str, taken: set[str]) -> str:

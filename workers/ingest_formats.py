@@ -22,15 +22,15 @@ from workers.resources import file_entry, sha256_of, summarise
 NOT_AN_IMAGE = "not DICOM, nor an imaging format Scanyard knows"
 
 
-def read_member(name: str, path: Path) -> dict:
-    """Return what a batch keeps of one file.
+def read_member(name: str, path: Path, data: bytes | None = None) -> dict:
+    """Return what a batch keeps of one file (`data`: its bytes, when at hand).
 
     One of: {"info": DicomInfo json}, {"ecat": summary, ...}, {"format": F}
     (paired and read when the whole upload is known), or {"error": reason};
     "other" marks a file that a header of the upload may still claim.
     """
     try:
-        return {"name": name, "info": dicomio.read_dicom(path).to_json()}
+        return {"name": name, "info": dicomio.read_dicom(path, data).to_json()}
     except dicomio.NotDicom as exc:
         dicom_error = str(exc)
     try:

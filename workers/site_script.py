@@ -1,0 +1,164 @@
+"""The site's anonymization script, run while an upload's batches are read.
+
+The script's variables (project, subject, session and scan labels) are
+settled by the finishing job, once the whole upload is read; running the
+script there would make it read and write every file a second time, on one
+worker. Each batch instead guesses them from the file's header the way the
+finishing job decides them for an upload of one study, runs the script on
+the bytes it has just read (on every worker at once), and writes the result
+beside the original, in ``uploads/{id}/anon/``. The finishing job takes a
+batch's result where the guess was right and the script is the same, and
+runs the script itself on the others, from the original.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from sqlalchemy import select
+
+from imaging import dicomio, labels, routing
+from imaging.anonymize import ScriptRejected, anonymize_bytes, anonymize_header
+from imaging.extract import write_file
+from models import Project, db
+from workers import anonymization
+
+FOLDER = "anon"
+KEY = "site_script"
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def header_of(info: dicomio.DicomInfo) -> dict[int, str | None]:
+    """Return the header values routing reads, from a file's DicomInfo."""
+    return {0x00081030: info.study_description, 0x00100010: info.patient_name,
+            0x00100020: info.patient_id, 0x00104000: info.patient_comments,
+            0x00324000: info.study_comments, 0x001021B0: info.additional_patient_history}
+
+
+class BatchScript:
+    """The site script as one batch of an upload runs it (made with the app's database)."""
+
+    def __init__(self, upload, root: Path):
+        self.script = anonymization.active_script(anonymization.SITE)
+        self.folder = root / FOLDER
+        if self.script is None:
+            return
+        self.digest = digest(self.script.text)
+        self.secret = anonymization.secret()
+        self.known = set(db.session.scalars(select(Project.label)))
+        self.explicit = {k: upload.params.get(k) for k in ("project", "subject", "session")}
+
+    def guess(self, info: dicomio.DicomInfo) -> dict:
+        """Return the variables the finishing job will give a file of a one-study upload."""
+        ident = routing.identify(header_of(info), explicit=self.explicit)
+        project = ident.project if ident.project in self.known else None
+        session = labels.label_from_header(ident.session, "session")
+        return anonymization.variables(
+            {"project": project, "subject": ident.subject, "session": session},
+            labels.scan_id_from_header(info.series_number))
+
+    @property
+    def active(self) -> bool:
+        return self.script is not None
+
+    def read(self, name: str, path: Path, data: bytes | None,
+             in_place: bool = False) -> dict | None:
+        """Read a DICOM file of a batch and run the script on it; return the
+        batch's result for it, the outcome noted, or None when the script is
+        off or the file is no DICOM file for this reading (read_member's then).
+
+        A file too large to hold in memory, or one the script makes
+        unreadable, is left to the finishing job. With `in_place`, a file
+        the script changes is written to `path` (see written()), where the
+        caller has not written the original.
+        """
+        if self.script is None:
+            return None
+        if data is None:
+            if path.stat().st_size > dicomio.WHOLE_READ_LIMIT:
+                return None
+            data = path.read_bytes()
+        try:
+            info, ds, pixels = dicomio.read_header(data)
+        except dicomio.NotDicom:
+            return None
+        result = {"name": name, "info": info.to_json()}
+        values = self.guess(info)
+        outcome = {"script": self.digest, "variables": values}
+        try:
+            new, new_info = self._run(info, ds, pixels, data, values)
+            if new is not None:
+                if in_place:
+                    write_file(path, new, name)
+                    outcome["in_place"] = True
+                else:
+                    target = self.folder / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(new)
+                outcome["info"] = {k: v for k, v in new_info.to_json().items()
+                                   if v != result["info"].get(k)}
+        except ScriptRejected as exc:
+            outcome["rejected"] = exc.reason
+        except Exception:  # the finishing job runs it again, and reports what fails
+            return result
+        result[KEY] = outcome
+        return result
+
+    def _run(self, info, ds, pixels, data: bytes, values: dict):
+        """Return (new bytes, their DicomInfo), or (None, None) when nothing changed."""
+        done = anonymize_header(ds, data, pixels, self.script, values, self.secret)
+        if done is not None:
+            _changes, new, changed = done
+            return (None, None) if new is None else (new, dicomio.changed_info(
+                info, ds, new, changed))
+        whole = anonymize_bytes(data, self.script, values, self.secret)
+        if whole.data is None:
+            return None, None
+        return whole.data, dicomio.info_of(whole.dataset, whole.data)
+
+
+def written(result: dict | None) -> bool:
+    """Return True when read() wrote the file of `result` (rewritten) in place."""
+    return bool(result and result.get(KEY, {}).get("in_place"))
+
+
+RESTORE = object()
+
+
+def outcomes(read: list[dict], good, script, root: Path):
+    """Return outcome(name, variables) -> (Prepared, path of the new file or None)
+    | None | RESTORE.
+
+    It gives what a batch did to the file `name` when it ran `script` with
+    these `variables`; None when the finishing job must run it, RESTORE
+    when it must run it after putting the original back (the batch
+    rewrote the file in place with other variables).
+    """
+    wanted = digest(script.text)
+    done = {r["name"]: r[KEY] for r in read if r.get(KEY, {}).get("script") == wanted}
+    if not done:
+        return lambda name, values: None
+    infos = dict(good)
+
+    def outcome(name: str, values: dict):
+        found = done.get(name)
+        if found is None or name not in infos:
+            return None
+        if _texts(found["variables"]) != _texts(values):
+            return RESTORE if found.get("in_place") else None
+        if "rejected" in found:
+            return anonymization.Prepared(rejected=found["rejected"]), None
+        if "info" not in found:
+            return anonymization.Prepared(info=infos[name]), None
+        info = dicomio.DicomInfo.from_json({**infos[name].to_json(), **found["info"]})
+        new = root / ("files" if found.get("in_place") else FOLDER) / name
+        return anonymization.Prepared(changed=True, info=info), new
+
+    return outcome
+
+
+def _texts(values: dict) -> dict:
+    return {k: (None if v in (None, "") else str(v)) for k, v in values.items()}
