@@ -4,13 +4,16 @@ from __future__ import annotations
 
 GOALS = {"zip/bare": 1.3, "zip/orthanc": 3.0, "dicom1/bare": 0.9, "dicom1/orthanc": 1.0,
          "dicom4/dicom1": 2.0, "archive 2000 files s": 1.0, "p95 ms": 200, "memory MB": 300}
-WIDTHS = (42, 32, 28, 5, 16)
+WIDTHS = (42, 32, 38, 5, 16)
 
 
 def show(figures: dict) -> None:
     data = figures.get("data", {})
     print(f"\nScanyard, {figures['started'].replace('T', ' ')}, {figures['cores']} cores "
           f"(load {figures['load']:.1f} at the start)")
+    if "parallel" in figures:
+        print(f"this machine: {figures['cores']} processes at once did "
+              f"{figures['parallel']:.2f}x the work of one (bench/cores.py)")
     if data:
         print(f"data: {data['studies']} studies x {data['series']} series x {data['images']} "
               f"MR images of {data['size']}x{data['size']} = {data['count']:,} instances, "
@@ -81,8 +84,10 @@ def _dicom_rows(f: dict) -> list[tuple]:
             theirs = step.get(f"{kind} x{n}")
             if theirs:
                 ratio = ours["rate"] / theirs["rate"]
+                their_one = step.get(f"{kind} x1") if n == 4 else None
+                gain = f" ({theirs['rate'] / their_one['rate']:.2f}x 1)" if their_one else ""
                 rows.append((label, _rate(ours) if label else "",
-                             f"{name} {theirs['rate']:.0f} inst/s", f"{ratio:.2f}",
+                             f"{name} {theirs['rate']:.0f} inst/s{gain}", f"{ratio:.2f}",
                              _goal(ratio, goal) if goal else ""))
                 label = ""
         rows.append(("  until every session is READY", f"{ours['ready']:.1f} s", "", "", ""))

@@ -49,7 +49,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import orthanc, scp_ingest  # noqa: E402
+from bench import cores, orthanc, scp_ingest  # noqa: E402
 
 PROJECT = "BENCH"
 STEPS = ("dicom", "zip", "listing")
@@ -380,7 +380,8 @@ def main(argv=None) -> int:
     from bench.report import show
 
     figures = {"started": dt.datetime.now().isoformat(timespec="minutes"),
-               "cores": os.cpu_count(), "load": os.getloadavg()[0]}
+               "cores": os.cpu_count(), "load": os.getloadavg()[0],
+               "parallel": cores.speedup()["speedup"]}
     (ROOT / "instance").mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="run-all-", dir=ROOT / "instance"))
     try:

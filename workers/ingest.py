@@ -211,6 +211,8 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     for name in missing:
         report.quarantine(name, "the file could not be read (its batch failed)")
     good, ecat_items, loose = ingest_formats.split_results(read, report)
+    for result in read:  # kept in `good` as DicomInfo: the dicts would double the memory
+        result.pop("info", None)
     timestamp = upload.params.get("timestamp") or _claim_timestamp(upload)
     sessions = plan_sessions(upload, good, timestamp, report)
     taken = {record["folder"] for record, _ in sessions}
