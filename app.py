@@ -32,6 +32,7 @@ DEFAULTS = {
     "QUEUE_NAME": "scanyard",
     "SCP_PORT": 8104,
     "SCP_AE_TITLE": "SCANYARD",
+    "SCP_PROCESSES": None,
     "SESSION_IDLE_SECONDS": 30,
     "IMPORT_WAIT_SECONDS": 600,
     "BATCH_SIZE": 250,
@@ -105,8 +106,12 @@ def _finish_config(app: Flask) -> None:
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(app)
-    for key in ("SCP_PORT", "SESSION_IDLE_SECONDS", "IMPORT_WAIT_SECONDS", "BATCH_SIZE",
-                "PAGE_SIZE", "PROXY_COUNT"):
+    if not app.config["SCP_PROCESSES"]:
+        # pynetdicom handles the associations of a process under one
+        # interpreter lock: a receiver process per core, up to 4.
+        app.config["SCP_PROCESSES"] = max(1, min(4, os.cpu_count() or 1))
+    for key in ("SCP_PORT", "SCP_PROCESSES", "SESSION_IDLE_SECONDS", "IMPORT_WAIT_SECONDS",
+                "BATCH_SIZE", "PAGE_SIZE", "PROXY_COUNT"):
         app.config[key] = int(app.config[key])
     for sub in ("uploads", "prearchive", "archive", "quarantine"):
         os.makedirs(os.path.join(app.config["DATA_DIR"], sub), exist_ok=True)

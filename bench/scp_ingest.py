@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 
 def dcmtk_tool(name: str) -> str | None:
     """Return DCMTK's `name`, not the script of that name pynetdicom installs."""
@@ -118,9 +120,16 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> Non
 
 
 def cpu_seconds(pid: int) -> float:
-    """Return the user + system CPU time of a process and its children so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """Return the user + system CPU time of a process and its children so far
+    (the live ones and those that ended)."""
+    total = 0.0
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def send(port: int, folders: list[Path], called: str) -> float:

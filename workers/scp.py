@@ -11,18 +11,25 @@ status and never raises.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flask import Flask
 from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 from sqlalchemy import update
 
 from imaging import dicomio
@@ -50,8 +57,55 @@ MAX_ASSOCIATIONS = 32
 # pynetdicom waits for work by sleeping 1 ms at a time (see _ReactorClock).
 HOT_POLL = 0.0001
 HOT_FOR = 0.05
-# More streaming associations than this keep the CPU busy without it.
-HOT_MAX_STREAMS = max(1, (os.cpu_count() or 2) // 2)
+# More streaming associations than this keep the CPU busy without it (per
+# process: `serve` runs SCANYARD_SCP_PROCESSES receivers on one socket).
+HOT_MAX_STREAMS = max(1, (os.cpu_count() or 2) // 2 // int(os.environ.get(
+    "SCANYARD_SCP_PROCESSES", "1") or 1))
+# A listening socket opened by `flask scp` and shared by its receiver processes;
+# the pause before accepting per association a process already holds.
+ACCEPT_DELAY = 0.01
+LISTEN_FD_ENV = "SCANYARD_SCP_LISTEN_FD"
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """A pynetdicom server accepting on a listening socket that other receiver
+    processes share (its file descriptor inherited from `flask scp`): a new
+    association goes to whichever process accepts it first, so associations
+    spread over the processes, and over the cores."""
+
+    def __init__(self, *args, listen_fd: int, **kwargs):
+        self._listen_fd = listen_fd
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        self.socket.close()
+        self.socket = socket.socket(fileno=os.dup(self._listen_fd))
+        # Non-blocking: a process that loses the race for a connection goes
+        # back to waiting instead of blocking in accept().
+        self.socket.settimeout(0.0)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # `flask scp` made it listen
+
+    def get_request(self):
+        # Every process wakes for a new connection and the first to call
+        # accept() gets it; a process that has just taken one is back first.
+        # One that holds associations waits a little, so idle ones win.
+        busy = len(self.active_associations)
+        if busy:
+            time.sleep(min(0.05, ACCEPT_DELAY * busy))
+        return super().get_request()
+
+    def server_close(self) -> None:
+        self.socket.close()  # no shutdown(): the other processes listen on it
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Open the receiver's listening socket for processes to share (inheritable)."""
+    sock = socket.create_server((host, port), backlog=128)
+    sock.set_inheritable(True)
+    return sock
 
 
 @dataclass
@@ -97,8 +151,18 @@ class StoreSCP:
 
     def start(self, upkeep: bool = True) -> int:
         """Start listening (in background threads); return the port."""
-        self._server = build_ae(self.app.config["SCP_AE_TITLE"]).start_server(
-            self.address, block=False, evt_handlers=self._handlers())
+        ae = build_ae(self.app.config["SCP_AE_TITLE"])
+        shared = os.environ.get(LISTEN_FD_ENV)
+        if shared:
+            self._server = ae.make_server(self.address, evt_handlers=self._handlers(),
+                                          server_class=SharedSocketServer,
+                                          listen_fd=int(shared))
+            threading.Thread(target=make_target(self._server.serve_forever), daemon=True,
+                             name="scp-acceptor").start()
+            ae._servers.append(self._server)  # as start_server does: shutdown() looks there
+        else:
+            self._server = ae.start_server(self.address, block=False,
+                                           evt_handlers=self._handlers())
         if upkeep:
             self._upkeep = threading.Thread(target=self._run_upkeep, name="scp-upkeep",
                                             daemon=True)
@@ -348,9 +412,14 @@ def _cool(peer: Peer) -> None:
 
 
 def run_scp(app: Flask, host: str, port: int) -> None:
-    """Run the receiver until SIGINT or SIGTERM."""
+    """Run the receiver until SIGINT or SIGTERM: SCANYARD_SCP_PROCESSES processes
+    on one listening socket, or this one process alone."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    processes = app.config["SCP_PROCESSES"]
+    if processes > 1 and not os.environ.get(LISTEN_FD_ENV):
+        _run_processes(host, port, processes)
+        return
     scp = StoreSCP(app, host, port)
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -359,3 +428,50 @@ def run_scp(app: Flask, host: str, port: int) -> None:
     stopping.wait()
     log.info("stopping the DICOM receiver")
     scp.stop()
+
+
+def _run_processes(host: str, port: int, processes: int) -> None:
+    """Open the listening socket, run `processes` receivers on it (``flask scp``
+    each, which finds the socket in LISTEN_FD_ENV) and start again any that
+    dies, until SIGINT or SIGTERM, which they are passed."""
+    sock = listening_socket(host, port)
+    env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno()),
+           "SCANYARD_SCP_PROCESSES": str(processes)}
+    command = [sys.executable, "-m", "flask", "--app", "app", "scp", "--host", host,
+               "--port", str(port)]
+    root = Path(__file__).resolve().parent.parent
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(command, env=env, cwd=root, pass_fds=(sock.fileno(),),
+                                preexec_fn=_die_with_parent)
+
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    children = [start() for _ in range(processes)]
+    log.info("DICOM receiver: %d processes on %s:%s", processes, host, port)
+    while not stopping.wait(0.5):
+        for n, child in enumerate(children):
+            if child.poll() is not None:
+                log.warning("receiver process %d exited with %s; starting it again",
+                            child.pid, child.returncode)
+                stopping.wait(1.0)
+                children[n] = start()
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    sock.close()
+
+
+def _die_with_parent() -> None:
+    """In a receiver process: get SIGTERM when the process that started it dies
+    (killed even), so none keeps listening on the socket after it (Linux)."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

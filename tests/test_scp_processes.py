@@ -1,0 +1,156 @@
+"""The DICOM receiver as several processes on one listening socket (`flask scp`
+with SCANYARD_SCP_PROCESSES > 1, as `serve` runs it on a machine of several
+cores): associations spread over the processes, overlapping studies still
+make one session each with every instance once, and the processes stop with
+the one that started them, even when it is killed."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+from sqlalchemy import select
+
+from models import PrearchiveSession, db
+from tests.dicomgen import make_series, write_files
+from tests.scpnet import send
+from tests.test_faults import ROOT, worker_env
+from tests.test_serve import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _start(app, port: int, processes: int = 2) -> subprocess.Popen:
+    env = worker_env(app, SCANYARD_SCP_PROCESSES=str(processes),
+                     SCANYARD_SESSION_IDLE_SECONDS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "scp", "--host", "127.0.0.1",
+         "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if len(_receivers(proc)) == processes:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return proc
+            except OSError:
+                pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("the receiver processes did not start")
+
+
+def _receivers(proc) -> list[psutil.Process]:
+    try:
+        return psutil.Process(proc.pid).children()
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _wait_gone(pids: list[int], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                   for p in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _spread(port: int, children: list[int], tries: int = 3) -> set[int]:
+    """Hold four associations at once; return the receiver processes that took them."""
+    served: set[int] = set()
+    for _ in range(tries):
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        held = [ae.associate("127.0.0.1", port, ae_title="SCANYARD") for _ in range(4)]
+        try:
+            assert all(a.is_established for a in held)
+            for pid in children:
+                if any(c.status == "ESTABLISHED" and c.laddr.port == port
+                       for c in psutil.Process(pid).net_connections("tcp")):
+                    served.add(pid)
+        finally:
+            for a in held:
+                a.release()
+        if served == set(children):
+            break
+    return served
+
+
+def test_associations_spread_over_processes_and_each_study_is_one_session(
+        app, make_project, run_jobs, tmp_path):
+    make_project("p1")
+    studies = {}
+    for n in range(2):
+        uid = generate_uid()
+        studies[uid] = [f for s in range(2) for f in make_series(
+            uid, 10, series_number=s + 1, patient_id=f"PAT{n}", StudyDescription="p1")]
+    everything = [f for files in studies.values() for f in files]
+    rng = random.Random(3)
+    sends = [write_files(tmp_path / f"send{n}", rng.sample(everything, 25)) for n in range(4)]
+    port = free_port()
+    proc = _start(app, port)
+    children = [p.pid for p in _receivers(proc)]
+    served = _spread(port, children)
+    statuses, errors = [], []
+
+    def dicom(paths):
+        try:
+            statuses.extend(send(port, paths))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=dicom, args=(p,)) for p in sends]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors and statuses == [0] * 100
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the receivers queue the builds when idle
+            run_jobs()
+            with app.app_context():
+                rows = db.session.scalars(select(PrearchiveSession)).all()
+                if rows and {ps.status for ps in rows} == {"READY"}:
+                    break
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert _wait_gone(children), "a receiver process outlived the one that started it"
+    assert served == set(children), f"the associations did not spread: {served} {children}"
+    assert sorted(ps.study_uid for ps in rows) == sorted(studies)
+    assert {ps.status for ps in rows} == {"READY"}
+    stored = list((Path(app.config["DATA_DIR"]) / "prearchive").rglob("*.dcm"))
+    sops = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in stored]
+    assert len(sops) == len(set(sops)), "an instance is stored twice"
+    sent = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+            for paths in sends for p in paths}
+    assert set(sops) == sent
+    assert sum(ps.file_count for ps in rows) == len(sent)
+
+
+def test_killing_the_first_process_stops_the_receivers_and_frees_the_port(app):
+    port = free_port()
+    proc = _start(app, port)
+    children = [p.pid for p in _receivers(proc)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _wait_gone(children)
+    again = _start(app, port)  # the port is free for the receiver started again
+    again.send_signal(signal.SIGTERM)
+    again.wait(timeout=60)
