@@ -19,7 +19,8 @@ unzip -> read header (pydicom, stop before pixels) -> sha256 -> write, no
 database, no fsync. Scanyard does more per file: it hashes it twice (whole,
 and the dataset after the file meta), checks the pixel data is complete,
 writes what it read into a JSON file per batch, then renames the file into
-the prearchive; it fsyncs folders and its JSON files, not each DICOM file.
+the prearchive; it flushes each batch's files with one syncfs, and fsyncs
+folders and its JSON files.
 It repeats the upload --rounds times, each between two runs of the bare loop.
 Since absolute times on shared machines vary by 2x from run to run, the
 figure that counts is Scanyard's rate as a ratio of the bare loop's.

@@ -166,6 +166,9 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
         if in_place and data is not None and not site_script.written(result):
             write_file(path, data, member.name)
         results.append(result or ingest_formats.read_member(member.name, path, data))
+    # The files on disk before the batch's result says they are read: the
+    # upload is deleted once they are in the prearchive (renames, fsynced).
+    storage.sync_filesystem(root)
     storage.write_json_atomic(out, results)
     db.session.execute(update(Upload).where(Upload.id == upload_id)
                        .values(files_read=Upload.files_read + len(results)))
