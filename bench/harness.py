@@ -5,6 +5,7 @@ and watch the memory and CPU time of its processes.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import os
 import re
@@ -119,6 +120,9 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.root = root_pid
         self.peak: dict[str, dict[str, int]] = {}
+        # Each process's peak and when it was seen first and last (for work
+        # horses: which job it ran, see largest_jobs).
+        self.by_pid: dict[int, dict] = {}
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -136,11 +140,15 @@ class MemorySampler(threading.Thread):
         return found
 
     def sample(self) -> None:
+        now = time.time()
         for role, procs in self.processes().items():
             values = []
             for proc in procs:
                 with contextlib.suppress(psutil.Error):
                     values.append(proc.memory_info().rss)
+                    seen = self.by_pid.setdefault(proc.pid, {"max": 0, "first": now,
+                                                             "role": role})
+                    seen["max"], seen["last"] = max(seen["max"], values[-1]), now
             peak = self.peak.setdefault(role, {"max": 0, "sum": 0})
             peak["max"] = max([peak["max"], *values])
             peak["sum"] = max(peak["sum"], sum(values))
@@ -281,6 +289,34 @@ class Client:
                 return time.perf_counter() - start
             time.sleep(0.01)
         sys.exit(f"the session was not archived within {timeout:.0f} s")
+
+
+def largest_jobs(sampler: MemorySampler, redis_url: str, queue_name: str,
+                 top: int = 3) -> list[tuple[str, int]]:
+    """Return (job name, peak RSS) of the `top` largest work horses: each
+    horse is matched with the finished job whose run its life overlaps most."""
+    from redis import Redis
+    from rq import Queue
+    from rq.job import Job
+
+    conn = Redis.from_url(redis_url)
+    queue = Queue(queue_name, connection=conn)
+    runs = [(job.func_name.rsplit(".", 1)[-1],
+             job.started_at.replace(tzinfo=dt.UTC).timestamp(),
+             job.ended_at.replace(tzinfo=dt.UTC).timestamp())
+            for job in Job.fetch_many(queue.finished_job_registry.get_job_ids(),
+                                      connection=conn)
+            if job and job.started_at and job.ended_at]
+    found = []
+    for seen in sampler.by_pid.values():
+        if seen["role"] != "worker":
+            continue
+        overlap = {name: min(end, seen["last"]) - max(start, seen["first"])
+                   for name, start, end in runs}
+        best = max(overlap, key=overlap.get, default=None)
+        if best is not None and overlap[best] > 0:
+            found.append((best, seen["max"]))
+    return sorted(found, key=lambda x: -x[1])[:top]
 
 
 def job_times(redis_url: str, queue_name: str, timeline: bool = False) -> dict[str, list[float]]:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from harness import Client, MemorySampler, Server, job_times, postgres_database
+from harness import Client, MemorySampler, Server, job_times, largest_jobs, postgres_database
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -132,13 +132,14 @@ def run(args, tmp: Path, database_url: str) -> dict:
         sampler.stopping.set()
         sampler.join()
         jobs = job_times(server.redis_url(), server.queue, args.timeline)
+        largest = largest_jobs(sampler, server.redis_url(), server.queue)
     finally:
         server.stop()
     for n, r in enumerate(rounds):
         # The bare loop ran just before and just after: the machine's mood in between.
         r["bare"] = (bare[n][0] + bare[n + 1][0]) / 2
     return {"zip": zip_path, "files": bare[0][2], "bare": bare, "rounds": rounds,
-            "jobs": jobs, "memory": sampler.peak}
+            "jobs": jobs, "memory": sampler.peak, "largest": largest}
 
 
 def one_round(args, client: Client, sampler: MemorySampler, zip_path: Path, session: str,
@@ -206,6 +207,8 @@ def show(args, r: dict) -> None:
         ("largest process", f"{largest:.0f} MB", "",
          _goal(largest < GOAL_MEMORY_MB, f"< {GOAL_MEMORY_MB} MB")),
     ]
+    rows += [(f"  work horse running {name}", f"{rss / mb:.0f} MB", "", "")
+             for name, rss in r.get("largest", [])]
     for label, a, b, goal in rows:
         print(f"  {label:<52} {a:>8} {b:>10}  {goal}")
     print("\nFor scale: Orthanc's zip import ran at ~480 inst/s on such a machine; "

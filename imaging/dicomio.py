@@ -15,6 +15,7 @@ import math
 import os
 import re
 import struct
+import sys
 
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -34,6 +35,14 @@ _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 # without pydicom's conversion of each element, a good part of reading a header.
 _RAW_TEXT_VRS = frozenset({"UI", "CS", "DA", "TM"})
 _DATE_RE = re.compile(r"(\d{4})\.?(\d{2})\.?(\d{2})")
+
+
+# DicomInfo fields that the files of a series, or of a study, share.
+_SAME_IN_A_SERIES = ("study_uid", "series_uid", "sop_class_uid", "transfer_syntax", "modality",
+                     "series_number", "series_description", "study_time", "study_description",
+                     "accession_number", "patient_name", "patient_id", "patient_comments",
+                     "study_comments", "additional_patient_history", "manufacturer", "model",
+                     "station_name")
 
 
 class NotDicom(ValueError):
@@ -94,7 +103,7 @@ class DicomInfo:
     def to_json(self) -> dict:
         """Return all fields as a JSON-serialisable dict (the date as ISO text)."""
         # Every field is a plain value: no need for asdict()'s deep copy.
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {name: getattr(self, name) for name in _NAMES}
         if self.study_date is not None:
             data["study_date"] = self.study_date.isoformat()
         return data
@@ -102,10 +111,16 @@ class DicomInfo:
     @classmethod
     def from_json(cls, data: dict) -> "DicomInfo":
         """Return the DicomInfo that to_json() wrote; unknown keys are ignored."""
-        values = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
+        values = {name: data.get(name) for name in _NAMES}
+        for name in _SAME_IN_A_SERIES:  # kept once for the many files of an upload
+            if isinstance(values[name], str):
+                values[name] = sys.intern(values[name])
         if values["study_date"]:
             values["study_date"] = datetime.date.fromisoformat(values["study_date"])
         return cls(**values)
+
+
+_NAMES = tuple(f.name for f in dataclasses.fields(DicomInfo))
 
 
 def has_dicm(data: bytes) -> bool:

@@ -48,6 +48,8 @@ class ArchiveRefused(Exception):
 
 
 OVERWRITE_MODES = ("none", "append", "delete")
+# File rows inserted per statement while a session is archived.
+INSERT_CHUNK = 5000
 
 
 def check_archivable(ps: PrearchiveSession, project: str | None, subject: str | None,
@@ -327,7 +329,7 @@ def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path
         study_description=study.get("study_description"))
     db.session.add(session)
     db.session.flush()
-    file_rows = []
+    file_rows, counted = [], set()
     for s in record.get("scans", []):
         scan = Scan(session_id=session.id, scan_id=s["id"], series_uid=s.get("series_uid"),
                     series_description=s.get("series_description"),
@@ -348,10 +350,15 @@ def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path
         db.session.flush()
         file_rows.extend(_file_row(resource.id, f, label) for f in s["files"])
         file_rows.extend(_snapshot_rows(dst / "SCANS" / s["id"], resource))
+        counted.add(resource.id)
+        if len(file_rows) >= INSERT_CHUNK:  # a session of many files: rows in parts
+            db.session.execute(insert(File), file_rows)
+            file_rows = []
     _index_resources(resources.Owner(project, subject, session), record.get("resources"))
     if file_rows:
         db.session.execute(insert(File), file_rows)
-        resources.recount(row["resource_id"] for row in file_rows)
+    if counted:
+        resources.recount(counted)
     db.session.execute(delete(PrearchiveSession).where(PrearchiveSession.id == ps.id))
     db.session.commit()
 

@@ -18,7 +18,7 @@ from flask import current_app
 from rq import get_current_job
 from sqlalchemy import select, update
 
-from imaging import formats, labels, routing, storage
+from imaging import dicomio, formats, labels, routing, storage
 from imaging.extract import (
     CHUNK,
     ExtractError,
@@ -204,7 +204,7 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     root, files = _dirs(upload)
     saved = storage.read_json(root / "members.json")
     kind = saved["kind"]
-    read, failed_batches = _batch_results(root, batch_count)
+    read, failed_batches, done_by_batches = _batch_results(root, batch_count)
     read_names = {r["name"] for r in read}
     missing = [m[0] for m in saved["members"] if m[0] not in read_names]
     report = Report()
@@ -214,8 +214,7 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     for name in missing:
         report.quarantine(name, "the file could not be read (its batch failed)")
     good, ecat_items, loose = ingest_formats.split_results(read, report)
-    for result in read:  # kept in `good` as DicomInfo: the dicts would double the memory
-        result.pop("info", None)
+    read = None
     timestamp = upload.params.get("timestamp") or _claim_timestamp(upload)
     sessions = plan_sessions(upload, good, timestamp, report)
     taken = {record["folder"] for record, _ in sessions}
@@ -230,8 +229,9 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
 
     sessions += ingest_formats.place_resources(upload, loose, sessions, source_of, timestamp,
                                                report)
-    sessions = _apply_site_script(sessions, source_of, report, read, good, root, replaced,
-                                  saved, _source(upload))
+    sessions = _apply_site_script(sessions, source_of, report, done_by_batches, good, root,
+                                  replaced, saved, _source(upload))
+    good = done_by_batches = None  # the records hold what is left of them
     made = sessions
     sessions, joined = joining.join_existing(upload, sessions, source_of, report)
 
@@ -242,7 +242,7 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     rows = []
     for record, _moves in sessions:
         prearchive.save_record(record)
-        rows.append(prearchive.index_record(record))
+        rows.append((prearchive.index_record(record), record.get("flags")))
     upload.stored = report.stored
     upload.duplicates = report.duplicates
     upload.quarantined = len(report.quarantined)
@@ -263,13 +263,13 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     upload.finished = utcnow()
     db.session.commit()
     joining.rebuild_joined(joined)
-    for ps in rows:
-        prearchive.auto_archive(ps, after=queue.enqueue_make_snapshots(ps.id))
+    for ps, flags in rows:
+        prearchive.auto_archive(ps, after=queue.enqueue_make_snapshots(ps.id), flags=flags)
     storage.remove_tree(root)
 
 
-def _apply_site_script(sessions, source_of, report: Report, read, good, root: Path,
-                       replaced: dict[str, Path], saved: dict, _source_path: Path):
+def _apply_site_script(sessions, source_of, report: Report, done_by_batches: dict, good,
+                       root: Path, replaced: dict[str, Path], saved: dict, _source_path: Path):
     """Run the site's anonymization script on each planned file before it is READY.
 
     The batches ran it already where they guessed the variables right
@@ -282,7 +282,7 @@ def _apply_site_script(sessions, source_of, report: Report, read, good, root: Pa
     script = anonymization.active_script(anonymization.SITE)
     if script is None:
         return sessions
-    outcome = site_script.outcomes(read, good, script, root)
+    outcome = site_script.outcomes(done_by_batches, good, script, root)
     originals = {m[0]: Member(*m) for m in saved["members"]} if saved["kind"] == "zip" else {}
     kept = []
     for record, moves in sessions:
@@ -329,15 +329,23 @@ def _apply_site_script(sessions, source_of, report: Report, read, good, root: Pa
     return kept
 
 
-def _batch_results(root: Path, batch_count: int) -> tuple[list[dict], list[int]]:
-    read, failed = [], []
+def _batch_results(root: Path, batch_count: int) -> tuple[list[dict], list[int], dict]:
+    """Return the batches' results (each file's DicomInfo in place of its JSON),
+    the batches that left none, and what the batches' site script did
+    (site_script.collect). Each batch is made compact as it is read: a large
+    upload's JSON as parsed would take several KB a file."""
+    read, failed, done = [], [], {}
     for n in range(batch_count):
         results = storage.read_json(root / "batches" / f"{n}.json")
         if results is None:
             failed.append(n)
-        else:
-            read.extend(results)
-    return read, failed
+            continue
+        for result in results:
+            if "info" in result:
+                result["info"] = dicomio.DicomInfo.from_json(result["info"])
+        done.update(site_script.collect(results))
+        read.extend(results)
+    return read, failed, done
 
 
 def _claim_timestamp(upload: Upload) -> str:

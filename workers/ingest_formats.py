@@ -61,7 +61,9 @@ def split_results(read: list[dict], report) -> tuple[list, list[dict], dict[str,
     good, ecat, loose = [], [], {}
     for r in read:
         if "info" in r:
-            good.append((r["name"], dicomio.DicomInfo.from_json(r["info"])))
+            info = r["info"]
+            good.append((r["name"], info if isinstance(info, dicomio.DicomInfo)
+                         else dicomio.DicomInfo.from_json(info)))
         elif "ecat" in r:
             ecat.append(r)
         elif "format" in r or r.get("other"):

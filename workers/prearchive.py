@@ -226,7 +226,7 @@ def request_archive(ps: PrearchiveSession, options: dict | None = None, after=No
 AUTO_ARCHIVE_CODES = {4: "none", 5: "append"}
 
 
-def auto_archive(ps: PrearchiveSession, after=None) -> str | None:
+def auto_archive(ps: PrearchiveSession, after=None, flags: dict | None = None) -> str | None:
     """Archive a freshly built session when its project (prearchive code 4 or 5)
     or the data (AA:true, auto-archive=true) asks for it.
 
@@ -238,8 +238,9 @@ def auto_archive(ps: PrearchiveSession, after=None) -> str | None:
 
     project = db.session.scalar(select(Project).filter_by(label=ps.project)) \
         if ps.project else None
-    record = load_record(ps)
-    flags = record.get("flags") or {}
+    if flags is None:  # the caller that has just written the record passes them
+        flags = load_record(ps).get("flags")
+    flags = flags or {}
     code = project.prearchive_code if project else 0
     wanted = flags.get("auto_archive")
     if wanted is None:
@@ -258,6 +259,7 @@ def auto_archive(ps: PrearchiveSession, after=None) -> str | None:
             reason = str(exc)
     db.session.rollback()
     message = f"Not archived automatically: {reason}"
+    record = load_record(ps)
     record["message"] = message
     log(record, message)
     save_record(record)

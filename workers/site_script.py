@@ -128,9 +128,37 @@ def written(result: dict | None) -> bool:
 RESTORE = object()
 
 
-def outcomes(read: list[dict], good, script, root: Path):
-    """Return outcome(name, variables) -> (Prepared, path of the new file or None)
-    | None | RESTORE.
+def collect(read: list[dict]) -> dict[str, tuple]:
+    """Take the batches' outcomes out of their results, compact (an upload of
+    40,000 files holds one each): {name: (script digest, variables,
+    rejection or None, changed values or None, rewritten in place)}.
+    Values that repeat from file to file (labels, digests) are kept once."""
+    shared: dict = {}
+    found = {}
+    for result in read:
+        outcome = result.pop(KEY, None)
+        if outcome is None:
+            continue
+        diff = outcome.get("info")
+        if diff:
+            diff = {k: shared.setdefault(v, v) if k in _REPEATED and v is not None else v
+                    for k, v in diff.items()}
+        found[result["name"]] = (shared.setdefault(outcome["script"], outcome["script"]),
+                                 shared.setdefault(_key(outcome["variables"]),
+                                                   _key(outcome["variables"])),
+                                 outcome.get("rejected"), diff, bool(outcome.get("in_place")))
+    return found
+
+
+# DicomInfo fields a script's changes give every file of a session alike.
+_REPEATED = frozenset({"study_uid", "series_uid", "study_description", "patient_name",
+                       "patient_id", "accession_number", "study_date", "study_time",
+                       "series_description", "transfer_syntax", "meta_length"})
+
+
+def outcomes(found: dict[str, tuple], good, script, root: Path):
+    """Return outcome(name, variables) -> (Prepared, path of the new file when it
+    is not the upload's file) | None | RESTORE, from what collect() found.
 
     It gives what a batch did to the file `name` when it ran `script` with
     these `variables`; None when the finishing job must run it, RESTORE
@@ -138,7 +166,7 @@ def outcomes(read: list[dict], good, script, root: Path):
     rewrote the file in place with other variables).
     """
     wanted = digest(script.text)
-    done = {r["name"]: r[KEY] for r in read if r.get(KEY, {}).get("script") == wanted}
+    done = {name: o for name, o in found.items() if o[0] == wanted}
     if not done:
         return lambda name, values: None
     infos = dict(good)
@@ -147,17 +175,23 @@ def outcomes(read: list[dict], good, script, root: Path):
         found = done.get(name)
         if found is None or name not in infos:
             return None
-        if _texts(found["variables"]) != _texts(values):
-            return RESTORE if found.get("in_place") else None
-        if "rejected" in found:
-            return anonymization.Prepared(rejected=found["rejected"]), None
-        if "info" not in found:
+        _digest, variables, rejected, diff, in_place = found
+        if variables != _key(values):
+            return RESTORE if in_place else None
+        if rejected is not None:
+            return anonymization.Prepared(rejected=rejected), None
+        if diff is None:
             return anonymization.Prepared(info=infos[name]), None
-        info = dicomio.DicomInfo.from_json({**infos[name].to_json(), **found["info"]})
-        new = root / ("files" if found.get("in_place") else FOLDER) / name
-        return anonymization.Prepared(changed=True, info=info), new
+        info = dicomio.DicomInfo.from_json({**infos[name].to_json(), **diff})
+        # Rewritten in place: the file is where the upload's files are.
+        return anonymization.Prepared(changed=True, info=info), \
+            None if in_place else root / FOLDER / name
 
     return outcome
+
+
+def _key(values: dict) -> tuple:
+    return tuple(sorted(_texts(values).items()))
 
 
 def _texts(values: dict) -> dict:
