@@ -75,6 +75,8 @@ class SharedSocketServer(ThreadedAssociationServer):
 
     def __init__(self, *args, listen_fd: int, **kwargs):
         self._listen_fd = listen_fd
+        self._open = 0  # connections accepted and not yet ended
+        self._open_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -90,12 +92,20 @@ class SharedSocketServer(ThreadedAssociationServer):
 
     def get_request(self):
         # Every process wakes for a new connection and the first to call
-        # accept() gets it; a process that has just taken one is back first.
-        # One that holds associations waits a little, so idle ones win.
-        busy = len(self.active_associations)
-        if busy:
-            time.sleep(min(0.05, ACCEPT_DELAY * busy))
-        return super().get_request()
+        # accept() gets it. A process that has just taken one pauses before
+        # it waits again, the longer the more it holds, so that senders that
+        # connect at once are spread over the processes.
+        request = super().get_request()
+        with self._open_lock:
+            self._open += 1
+            pause = min(0.05, ACCEPT_DELAY * self._open)
+        time.sleep(pause)
+        return request
+
+    def connection_closed(self) -> None:
+        """An association's connection ended (pynetdicom's EVT_CONN_CLOSE)."""
+        with self._open_lock:
+            self._open = max(0, self._open - 1)
 
     def server_close(self) -> None:
         self.socket.close()  # no shutdown(): the other processes listen on it
@@ -286,6 +296,8 @@ class StoreSCP:
             peer.outcome = "aborted"
 
     def _on_closed(self, event) -> None:
+        if isinstance(self._server, SharedSocketServer):
+            self._server.connection_closed()
         peer = self._peers.pop(event.assoc, None)
         if peer is not None:
             _cool(peer)
