@@ -89,7 +89,11 @@ def test_eight_uploads_and_four_associations_at_once_store_each_instance_once(
             if open_uploads is None:
                 break
             time.sleep(0.5)
-        assert open_uploads is None
+        if open_uploads is not None:
+            with app.app_context():
+                stuck = db.session.get(Upload, open_uploads)
+                stuck = (stuck.status, stuck.files_read, stuck.files_total, stuck.error)
+        assert open_uploads is None, f"an upload did not end: {stuck}"
     finally:
         for w in workers:
             w.terminate()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import threading
 from pathlib import Path
 
 from flask import current_app
@@ -43,15 +44,21 @@ def secret() -> bytes:
     """
     path = os.path.join(current_app.instance_path, SECRET_FILE)
     if not os.path.exists(path):
+        # Written whole under another name, then linked into place: a worker
+        # that makes it at the same time as another never reads it half made.
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(os.urandom(32).hex())
+            fh.flush()
+            os.fsync(fh.fileno())
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(tmp, path)
         except FileExistsError:
-            pass  # another worker made it first
-        else:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(os.urandom(32).hex())
-                fh.flush()
-                os.fsync(fh.fileno())
+            pass  # another worker made it first: theirs is the secret
+        finally:
+            os.unlink(tmp)
+        storage.fsync_dir(os.path.dirname(path))
     with open(path) as fh:
         return bytes.fromhex(fh.read().strip())
 

@@ -350,12 +350,13 @@ def _index_archived(ps: PrearchiveSession, record: dict, target: dict, dst: Path
         db.session.flush()
         file_rows.extend(_file_row(resource.id, f, label) for f in s["files"])
         file_rows.extend(_snapshot_rows(dst / "SCANS" / s["id"], resource))
-        counted.add(resource.id)
         if len(file_rows) >= INSERT_CHUNK:  # a session of many files: rows in parts
+            counted.update(row["resource_id"] for row in file_rows)
             db.session.execute(insert(File), file_rows)
             file_rows = []
     _index_resources(resources.Owner(project, subject, session), record.get("resources"))
     if file_rows:
+        counted.update(row["resource_id"] for row in file_rows)
         db.session.execute(insert(File), file_rows)
     if counted:
         resources.recount(counted)
