@@ -89,15 +89,17 @@ def test_eight_uploads_and_four_associations_at_once_store_each_instance_once(
             if open_uploads is None:
                 break
             time.sleep(0.5)
+        stuck = None
         if open_uploads is not None:
             with app.app_context():
-                stuck = db.session.get(Upload, open_uploads)
-                stuck = (stuck.status, stuck.files_read, stuck.files_total, stuck.error)
-        assert open_uploads is None, f"an upload did not end: {stuck}"
+                row = db.session.get(Upload, open_uploads)
+                stuck = (row.status, row.files_read, row.files_total, row.error)
     finally:
         for w in workers:
             w.terminate()
         logs = [w.communicate(timeout=60)[1] for w in workers]
+    assert stuck is None, f"an upload did not end: {stuck}\n" + "\n".join(
+        log[-3000:] for log in logs)
     assert not any("database is locked" in log or "deadlock" in log for log in logs)
     settle(app, scp, run_jobs)
     run_jobs()
