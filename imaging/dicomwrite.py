@@ -7,6 +7,9 @@ RawDataElement) are written as their bytes, and pydicom writes the rest.
 When the dataset is one this cannot write exactly as pydicom would (no file
 meta, a deflated or unknown transfer syntax, an encoding or character set
 changed since it was read, an ambiguous VR), pydicom writes all of it.
+
+file_meta_bytes writes the preamble and file meta group the receiver puts
+in front of each instance it stores.
 """
 from __future__ import annotations
 
@@ -127,3 +130,38 @@ def _head(ds: pydicom.Dataset, meta, original: bytes | None) -> bytes:
     fp.write(b"DICM")
     write_file_meta_info(fp, meta, enforce_standard=True)
     return fp.getvalue()
+
+
+def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii", "replace")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, *,
+                    implementation_uid: str, implementation_version: str = "",
+                    source_ae: str = "") -> bytes:
+    """Return the preamble, "DICM" and file meta group of a DICOM file.
+
+    Written by hand (explicit VR little endian, as the standard fixes it)
+    because a receiver adds it to every instance and pydicom's writer takes
+    longer than the rest of storing one. Empty optional values are left out.
+    """
+    elements = [
+        (0x00020001, b"OB", b"\x00\x01"),
+        (0x00020002, b"UI", _padded(sop_class_uid, b"\x00")),
+        (0x00020003, b"UI", _padded(sop_instance_uid, b"\x00")),
+        (0x00020010, b"UI", _padded(transfer_syntax, b"\x00")),
+        (0x00020012, b"UI", _padded(implementation_uid, b"\x00")),
+        (0x00020013, b"SH", _padded(implementation_version[:16], b" ")),
+        (0x00020016, b"AE", _padded(source_ae.strip()[:16], b" ")),
+    ]
+    body = b"".join(_meta_element(tag, vr, value) for tag, vr, value in elements
+                    if value or tag < 0x00020013)
+    length = _meta_element(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + length + body

@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from imaging import dicomio
+from imaging import dicomio, dicomwrite
 from models import DicomAssociation, PrearchiveSession, Receiver, RoutingRule, db, utcnow
 from tests.dicomgen import make_series, make_study, write_files
 from tests.scpnet import echo, needs_storescu, send, storescu
@@ -248,7 +248,7 @@ def test_a_compressed_transfer_syntax_is_stored_byte_for_byte(app, scp, run_jobs
 
 
 def _meta(transfer_syntax="1.2.840.10008.1.2.1") -> bytes:
-    return dicomio.file_meta_bytes("1.2.840.10008.5.1.4.1.1.4", generate_uid(),
+    return dicomwrite.file_meta_bytes("1.2.840.10008.5.1.4.1.1.4", generate_uid(),
                                    transfer_syntax, implementation_uid="1.2.3")
 
 

@@ -32,7 +32,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 from sqlalchemy import update
 
-from imaging import dicomio
+from imaging import dicomwrite
 from models import DicomAssociation, db, utcnow
 from workers import receivers
 from workers.receiving import Receiving, Unreadable, build_idle_sessions
@@ -248,7 +248,7 @@ class StoreSCP:
         try:
             _quicken(peer, event.assoc)
             request = event.request
-            meta = dicomio.file_meta_bytes(
+            meta = dicomwrite.file_meta_bytes(
                 request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
                 event.context.transfer_syntax, implementation_uid=PYNETDICOM_IMPLEMENTATION_UID,
                 implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION,
