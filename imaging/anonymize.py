@@ -116,7 +116,7 @@ class Script:
 
     def marker(self, variables: dict) -> str:
         """Return the DeidentificationMethod value that records this script's run."""
-        data = json.dumps([self.text, _texts(variables)], sort_keys=True)
+        data = json.dumps([self.text, variable_texts(variables)], sort_keys=True)
         return _MARKER + hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -131,7 +131,7 @@ class _Run:
     def __init__(self, script: Script, ds: Dataset, variables: dict, secret: bytes,
                  uid_prefix: str | None):
         self.script, self.ds, self.secret, self.uid_prefix = script, ds, secret, uid_prefix
-        self.variables = _texts(variables)
+        self.variables = variable_texts(variables)
         if not self.variables.get("modality"):
             self.variables["modality"] = str(ds.get("Modality", "") or "") or None
         self.kept: dict[int, int] = {}
@@ -303,6 +303,14 @@ def anonymize_header(ds: Dataset, data: bytes, pixels: tuple[int, int], script: 
     """
     if not dicomio.add_rest(ds, data, pixels):
         return None
+    done = _rewrite(ds, data, script, variables, secret, uid_prefix, dicomwrite.encode_fast)
+    return None if done[0] and done[1] is None else done
+
+
+def _rewrite(ds: Dataset, data: bytes, script: Script, variables: dict, secret: bytes,
+             uid_prefix: str | None, encode) -> tuple[list[str], bytes | None, set[int]]:
+    """Apply `script` to `ds`, read from `data`, and write it with `encode`;
+    return (changes, new bytes, tags changed) as anonymize_header does."""
     before = dict(ds._dict)
     meta = dict(ds.file_meta._dict) if hasattr(ds, "file_meta") else None
     changes = apply_script(script, ds, variables, secret, uid_prefix)
@@ -313,10 +321,10 @@ def anonymize_header(ds: Dataset, data: bytes, pixels: tuple[int, int], script: 
     same_meta = meta is not None and meta == ds.file_meta._dict
     if not same_meta:
         changed.add(0x00020000)
-    new = dicomwrite.encode_fast(ds, data if same_meta else None)
-    if new is None:
-        return None
-    return changes, new, changed
+    try:
+        return changes, encode(ds, data if same_meta else None), changed
+    except (AttributeError, ValueError) as exc:  # pydicom's word for a file meta it cannot make
+        raise ScriptRejected(f"the changed file cannot be written as DICOM: {exc}") from exc
 
 
 class Anonymized(NamedTuple):
@@ -360,16 +368,9 @@ def anonymize_bytes(data: bytes, script: Script, variables: dict, secret: bytes,
     ScriptRejected as apply_script does.
     """
     ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    meta = dict(ds.file_meta._dict) if hasattr(ds, "file_meta") else None
-    changes = apply_script(script, ds, variables, secret, uid_prefix)
-    if not changes:
-        return Anonymized([], None, ds)
-    _ensure_transfer_syntax(ds)
-    same_meta = meta is not None and meta == ds.file_meta._dict
-    try:
-        return Anonymized(changes, dicomwrite.encode(ds, data if same_meta else None), ds)
-    except (AttributeError, ValueError) as exc:  # pydicom's word for a file meta it cannot make
-        raise ScriptRejected(f"the changed file cannot be written as DICOM: {exc}") from exc
+    changes, new, _changed = _rewrite(ds, data, script, variables, secret, uid_prefix,
+                                      dicomwrite.encode)
+    return Anonymized(changes, new, ds)
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:
@@ -412,7 +413,8 @@ def _value_text(elem) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _texts(variables: dict) -> dict:
+def variable_texts(variables: dict) -> dict:
+    """Return a script's variables as texts (None for no value), as markers hash them."""
     return {k: (None if v in (None, "") else str(v)) for k, v in variables.items()}
 
 

@@ -263,20 +263,24 @@ def read_dicom(path, data: bytes | None = None) -> DicomInfo:
             data = f.read()
     size = len(data)
     dicm = _check_start(data)
-    offset = dataset_offset(data)
-    file_sha256 = hashlib.sha256(data).hexdigest()
-    dataset_sha256 = hashlib.sha256(memoryview(data)[offset:]).hexdigest()
+    offset, file_sha256, dataset_sha256 = _digests(data)
     ds = _parse(io.BytesIO(data), dicm, size)
     return _checked_info(ds, file_sha256, dataset_sha256, size, offset)
+
+
+def _digests(data: bytes) -> tuple[int, str, str]:
+    """Return where the dataset starts in a file's bytes, their sha256 and the
+    dataset's (after the file meta: the same dataset from two senders)."""
+    offset = dataset_offset(data)
+    return (offset, hashlib.sha256(data).hexdigest(),
+            hashlib.sha256(memoryview(data)[offset:]).hexdigest())
 
 
 def info_of(ds, data: bytes) -> DicomInfo:
     """Return the DicomInfo of `data`, a file's bytes, from `ds`, the dataset
     they hold, already parsed (a writer that has just made both)."""
-    offset = dataset_offset(data)
-    return _checked_info(ds, hashlib.sha256(data).hexdigest(),
-                         hashlib.sha256(memoryview(data)[offset:]).hexdigest(),
-                         len(data), offset)
+    offset, file_sha256, dataset_sha256 = _digests(data)
+    return _checked_info(ds, file_sha256, dataset_sha256, len(data), offset)
 
 
 def _read_large(path, size: int) -> DicomInfo:
@@ -429,9 +433,7 @@ def read_header(data: bytes) -> tuple[DicomInfo, pydicom.Dataset, tuple[int, int
     """
     size = len(data)
     dicm = _check_start(data)
-    offset = dataset_offset(data)
-    file_sha256 = hashlib.sha256(data).hexdigest()
-    dataset_sha256 = hashlib.sha256(memoryview(data)[offset:]).hexdigest()
+    offset, file_sha256, dataset_sha256 = _digests(data)
     ds, start, end = _parse_to_pixels(io.BytesIO(data), dicm, size)
     as_read = dict(ds._dict)
     info = _checked_info(ds, file_sha256, dataset_sha256, size, offset)
@@ -478,10 +480,9 @@ def changed_info(info: DicomInfo, ds, data: bytes, changed: set[int]) -> DicomIn
     elements `changed` (their tags) changed in it; `info` was read before."""
     if any(_tag_of(k) in changed for k in _IDENTITY) or any(t >> 16 == 2 for t in changed):
         return info_of(ds, data)
-    offset = dataset_offset(data)
+    offset, file_sha256, dataset_sha256 = _digests(data)
     values = {name: _field(ds, keyword, reader) for name, (keyword, reader) in _FIELDS.items()
               if _tag_of(keyword) in changed}
-    return dataclasses.replace(
-        info, **values, file_sha256=hashlib.sha256(data).hexdigest(),
-        dataset_sha256=hashlib.sha256(memoryview(data)[offset:]).hexdigest(),
-        size=len(data), meta_length=offset)
+    return dataclasses.replace(info, **values, file_sha256=file_sha256,
+                               dataset_sha256=dataset_sha256, size=len(data),
+                               meta_length=offset)

@@ -288,17 +288,10 @@ def _write(source, kind: str, member: Member, target: pathlib.Path, made: set,
     for a damaged archive, a lying header or a name clash; errors of the
     destination disk are raised as they are. A file cut short is removed.
     """
-    try:
-        if target.parent not in made:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            made.add(target.parent)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
-        raise _entry_error(member.name, "clashes with another entry of the same name") from exc
+    fd = _create(target, member.name, made)
     written, kept = 0, [] if keep else None
     try:
         with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o644)
             while True:
                 with _reading(kind):
                     chunk = source.read(CHUNK)
@@ -406,11 +399,20 @@ def _read(source, kind: str, member: Member) -> bytes:
 def write_file(target: pathlib.Path, data: bytes, name: str) -> None:
     """Write `data` to `target` (the path unpack_members gave the member
     `name`), as _write would."""
+    with os.fdopen(_create(target, name), "wb") as out:
+        out.write(data)
+
+
+def _create(target: pathlib.Path, name: str, made: set | None = None) -> int:
+    """Open `target` for writing (mode 0o644, never through a link), making its
+    folder unless `made` holds it; raise ExtractError when an entry clashes."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if made is None or target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if made is not None:
+                made.add(target.parent)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
         raise _entry_error(name, "clashes with another entry of the same name") from exc
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(out.fileno(), 0o644)
-        out.write(data)
+    os.fchmod(fd, 0o644)
+    return fd

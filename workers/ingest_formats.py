@@ -55,15 +55,14 @@ def read_member(name: str, path: Path, data: bytes | None = None) -> dict:
 def split_results(read: list[dict], report) -> tuple[list, list[dict], dict[str, str]]:
     """Return (DICOM (name, info) pairs, ECAT results, {name: reason if left alone}).
 
+    A result's "info" is the DicomInfo the finishing job made of the batch's JSON.
     The third are files to pair as resources. Errors that no header can
     mend are quarantined in `report` here.
     """
     good, ecat, loose = [], [], {}
     for r in read:
         if "info" in r:
-            info = r["info"]
-            good.append((r["name"], info if isinstance(info, dicomio.DicomInfo)
-                         else dicomio.DicomInfo.from_json(info)))
+            good.append((r["name"], r["info"]))
         elif "ecat" in r:
             ecat.append(r)
         elif "format" in r or r.get("other"):

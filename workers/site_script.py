@@ -18,7 +18,12 @@ from pathlib import Path
 from sqlalchemy import select
 
 from imaging import dicomio, labels, routing
-from imaging.anonymize import ScriptRejected, anonymize_bytes, anonymize_header
+from imaging.anonymize import (
+    ScriptRejected,
+    anonymize_bytes,
+    anonymize_header,
+    variable_texts,
+)
 from imaging.extract import write_file
 from models import Project, db
 from workers import anonymization
@@ -191,8 +196,4 @@ def outcomes(found: dict[str, tuple], good, script, root: Path):
 
 
 def _key(values: dict) -> tuple:
-    return tuple(sorted(_texts(values).items()))
-
-
-def _texts(values: dict) -> dict:
-    return {k: (None if v in (None, "") else str(v)) for k, v in values.items()}
+    return tuple(sorted(variable_texts(values).items()))
