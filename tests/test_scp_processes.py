@@ -69,15 +69,26 @@ def _wait_gone(pids: list[int], timeout: float = 30) -> bool:
     return False
 
 
-def _spread(port: int, children: list[int], tries: int = 3) -> set[int]:
-    """Hold four associations at once; return the receiver processes that took them."""
+def _spread(port: int, children: list[int], tries: int = 5) -> set[int]:
+    """Have four senders connect at once and hold their associations; return
+    the receiver processes that took them."""
     served: set[int] = set()
     for _ in range(tries):
         ae = AE(ae_title="TESTSCU")
         ae.add_requested_context(Verification)
-        held = [ae.associate("127.0.0.1", port, ae_title="SCANYARD") for _ in range(4)]
+        start, held = threading.Barrier(4), []
+
+        def connect(ae=ae, start=start, held=held):
+            start.wait()
+            held.append(ae.associate("127.0.0.1", port, ae_title="SCANYARD"))
+
+        threads = [threading.Thread(target=connect) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
         try:
-            assert all(a.is_established for a in held)
+            assert len(held) == 4 and all(a.is_established for a in held)
             for pid in children:
                 if any(c.status == "ESTABLISHED" and c.laddr.port == port
                        for c in psutil.Process(pid).net_connections("tcp")):
