@@ -48,7 +48,7 @@ class StreamingRequest(Request):
                          content_length=None):
         folder = upload_folder()
         folder.mkdir(parents=True, exist_ok=True)
-        return open(_unique_path(folder, filename), "w+b")
+        return storage.WriteBehind(open(_unique_path(folder, filename), "w+b"))
 
 
 def save_body(filename: str) -> Path:
@@ -60,7 +60,7 @@ def save_body(filename: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = _unique_path(folder, filename)
     with open(path, "wb") as fh:
-        shutil.copyfileobj(request.stream, fh, CHUNK)
+        shutil.copyfileobj(request.stream, storage.WriteBehind(fh), CHUNK)
     return path
 
 

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 
 from imaging.labels import shown
 
+try:  # Intel's ISA-L inflates deflate streams about twice as fast as zlib
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover - a platform without its wheels
+    isal_zlib = None
+
 CHUNK = 2**20
 _RATIO_FLOOR = 16 * 2**20
 _MAX_NAME_PART_BYTES = 255
@@ -26,7 +31,8 @@ _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zip
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 # What reading a damaged archive raises (gzip.BadGzipFile is an OSError).
-_DAMAGE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
+_DAMAGE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError,
+           *([isal_zlib.error] if isal_zlib is not None else []))
 _CHANGED = "The archive changed while it was being unpacked."
 _LYING = "holds more data than its header declares; the archive is damaged or forged"
 
@@ -320,7 +326,24 @@ def _zip_sources(path, members: list[Member]) -> Iterator[tuple[Member, object]]
                 raise ExtractError(_CHANGED)
             with _reading("zip"):
                 source = archive.open(info)
+            _faster_inflate(source)
             yield member, source
+
+
+_ZLIB_INFLATE = type(zlib.decompressobj(-zlib.MAX_WBITS))
+
+
+def _faster_inflate(source) -> None:
+    """Let ISA-L inflate a deflated zip member that zipfile has just opened.
+
+    zipfile reads through a zlib decompressor made when the member is
+    opened; ISA-L's has the same interface and output, and takes half the
+    time. zipfile still checks the size read and the member's CRC. Where
+    the decompressor is not the one expected (another Python's zipfile),
+    zlib's stays.
+    """
+    if isal_zlib is not None and type(getattr(source, "_decompressor", None)) is _ZLIB_INFLATE:
+        source._decompressor = isal_zlib.decompressobj(-zlib.MAX_WBITS)
 
 
 def _tar_sources(path, members: list[Member]) -> Iterator[tuple[Member, object]]:

@@ -3,6 +3,7 @@
 import io
 import multiprocessing
 import os
+import random
 import stat
 import tarfile
 import zipfile
@@ -238,6 +239,27 @@ def test_a_zip_whose_data_is_corrupt_fails_while_extracting(tmp_path):
     with pytest.raises(ExtractError, match="damaged"):
         list(extract_members(archive, members, tmp_path / "out"))
     assert not (tmp_path / "out" / "a.dcm").exists()
+
+
+def test_a_zip_whose_deflated_data_is_corrupt_fails_while_extracting(tmp_path):
+    content = bytes(range(256)) * 200
+    archive = make_zip(tmp_path / "up.zip", [("a.dcm", content)])
+    data = bytearray(archive.read_bytes())
+    start = data.index(b"a.dcm") + len("a.dcm")
+    data[start + 20:start + 60] = b"\xff" * 40  # inside the deflate stream
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ExtractError, match="damaged"):
+        list(extract_members(archive, list_members(archive), tmp_path / "out"))
+    assert not (tmp_path / "out" / "a.dcm").exists()
+
+
+def test_deflated_members_are_inflated_exactly(tmp_path):
+    rng = random.Random(3)
+    entries = [(f"f{n}.bin", bytes(rng.randrange(4) for _ in range(size)))
+               for n, size in enumerate((0, 1, 4095, 4096, 70_000, 300_000))]
+    archive = make_zip(tmp_path / "up.zip", entries)
+    for member, path in extract_members(archive, list_members(archive), tmp_path / "out"):
+        assert path.read_bytes() == dict(entries)[member.name]
 
 
 def test_a_zip_whose_header_understates_the_size_is_refused(tmp_path):
