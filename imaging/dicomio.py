@@ -429,16 +429,23 @@ def read_header(data: bytes) -> tuple[DicomInfo, pydicom.Dataset, tuple[int, int
     Returns (info, the header as pydicom parsed it, (where its pixel data
     starts, where it ends; 0 when there is none)). The header's elements are
     left as read (raw), so a writer can copy the ones it does not change;
-    add_rest() adds the pixel data and what follows it.
+    add_rest() adds the pixel data and what follows it. The info's two
+    hashes are left out (None): a caller that keeps these bytes, not a
+    rewrite of them, adds them with with_digests().
     """
     size = len(data)
     dicm = _check_start(data)
-    offset, file_sha256, dataset_sha256 = _digests(data)
     ds, start, end = _parse_to_pixels(io.BytesIO(data), dicm, size)
     as_read = dict(ds._dict)
-    info = _checked_info(ds, file_sha256, dataset_sha256, size, offset)
+    info = _checked_info(ds, None, None, size, dataset_offset(data))
     ds._dict.update(as_read)
     return info, ds, (start, end)
+
+
+def with_digests(info: DicomInfo, data: bytes) -> DicomInfo:
+    """Return `info` (read_header's, of `data`) with the hashes of `data`."""
+    _offset, file_sha256, dataset_sha256 = _digests(data)
+    return dataclasses.replace(info, file_sha256=file_sha256, dataset_sha256=dataset_sha256)
 
 
 def add_rest(ds: pydicom.Dataset, data: bytes, pixels: tuple[int, int]) -> bool:

@@ -145,3 +145,30 @@ def test_the_batches_rewrite_each_file_once_and_the_record_describes_it(
     record = next(root.rglob("*.json")).read_text()
     assert "MRN123" not in record and "DOE^JOHN" not in record
     assert not (Path(app.config["DATA_DIR"]) / "uploads" / upload_id).exists()
+
+
+def test_a_script_changed_while_an_upload_is_read_runs_alone_on_the_original(
+        app, client, run_jobs, make_project):
+    """The batches rewrote the files with the script of the time; the finishing
+    job finds another: each file gets the new one, from the original."""
+    from rq import SimpleWorker
+
+    from workers.queue import get_queue, get_redis
+
+    make_project("study1")
+    set_script(app, anonymization.SITE, "PatientName := subject\nPatientID := \"OLD\"")
+    _uid, files = make_study(series=1, per_series=3, patient_name="DOE^JOHN",
+                             patient_id="MRN123")
+    upload_id = upload(client, files)
+    with app.app_context():
+        worker = SimpleWorker([get_queue()], connection=get_redis())
+        worker.work(burst=True, max_jobs=2, logging_level="WARNING")  # extract, one batch
+    assert client.get(f"/api/uploads/{upload_id}").get_json()["status"] != "DONE"
+    set_script(app, anonymization.SITE, "PatientComments := \"NEW\"")
+    run_jobs()
+    assert client.get(f"/api/uploads/{upload_id}").get_json()["stored"] == 3
+    stored = _prearchived(app)
+    assert len(stored) == 3
+    for ds in stored.values():
+        assert (ds.PatientName, ds.PatientID, ds.PatientComments) == \
+            ("DOE^JOHN", "MRN123", "NEW")

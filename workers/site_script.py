@@ -12,6 +12,7 @@ runs the script itself on the others, from the original.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -90,9 +91,9 @@ class BatchScript:
             info, ds, pixels = dicomio.read_header(data)
         except dicomio.NotDicom:
             return None
-        result = {"name": name, "info": info.to_json()}
         values = self.guess(info)
         outcome = {"script": self.digest, "variables": values}
+        new = None
         try:
             new, new_info = self._run(info, ds, pixels, data, values)
             if new is not None:
@@ -103,14 +104,19 @@ class BatchScript:
                     target = self.folder / name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(new)
-                outcome["info"] = {k: v for k, v in new_info.to_json().items()
-                                   if v != result["info"].get(k)}
         except ScriptRejected as exc:
             outcome["rejected"] = exc.reason
         except Exception:  # the finishing job runs it again, and reports what fails
-            return result
-        result[KEY] = outcome
-        return result
+            return {"name": name, "info": dicomio.with_digests(info, data).to_json()}
+        if new is None:
+            return {"name": name, "info": dicomio.with_digests(info, data).to_json(),
+                    KEY: outcome}
+        # The original's hashes are not worked out: the finishing job compares
+        # the files of an upload by what is kept of them, the rewrite.
+        read = dataclasses.replace(info, file_sha256=new_info.file_sha256,
+                                   dataset_sha256=new_info.dataset_sha256).to_json()
+        outcome["info"] = {k: v for k, v in new_info.to_json().items() if v != read[k]}
+        return {"name": name, "info": read, KEY: outcome}
 
     def _run(self, info, ds, pixels, data: bytes, values: dict):
         """Return (new bytes, their DicomInfo), or (None, None) when nothing changed."""
@@ -168,20 +174,20 @@ def outcomes(found: dict[str, tuple], good, script, root: Path):
     It gives what a batch did to the file `name` when it ran `script` with
     these `variables`; None when the finishing job must run it, RESTORE
     when it must run it after putting the original back (the batch
-    rewrote the file in place with other variables).
+    rewrote the file in place with other variables, or with a script
+    changed since).
     """
-    wanted = digest(script.text)
-    done = {name: o for name, o in found.items() if o[0] == wanted}
-    if not done:
+    if not found:
         return lambda name, values: None
+    wanted = digest(script.text)
     infos = dict(good)
 
     def outcome(name: str, values: dict):
-        found = done.get(name)
-        if found is None or name not in infos:
+        done = found.get(name)
+        if done is None or name not in infos:
             return None
-        _digest, variables, rejected, diff, in_place = found
-        if variables != _key(values):
+        script_digest, variables, rejected, diff, in_place = done
+        if script_digest != wanted or variables != _key(values):
             return RESTORE if in_place else None
         if rejected is not None:
             return anonymization.Prepared(rejected=rejected), None
