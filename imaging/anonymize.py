@@ -125,6 +125,12 @@ def parse_script(text: str) -> Script:
     return Script(text=text, statements=parse_statements(text))
 
 
+def _text_as_read(ds: Dataset, tag: int) -> str:
+    """Return an element's value as text ("" when absent), leaving it as read."""
+    element = dicomio.element_as_read(ds, tag)
+    return str((element.value if element is not None else "") or "")
+
+
 class _Run:
     """One application of a script to one dataset."""
 
@@ -133,7 +139,7 @@ class _Run:
         self.script, self.ds, self.secret, self.uid_prefix = script, ds, secret, uid_prefix
         self.variables = variable_texts(variables)
         if not self.variables.get("modality"):
-            self.variables["modality"] = str(ds.get("Modality", "") or "") or None
+            self.variables["modality"] = _text_as_read(ds, 0x00080060) or None
         self.kept: dict[int, int] = {}
         self.changes: list[str] = []
         self._uids: dict[str, str] = {}
@@ -147,7 +153,7 @@ class _Run:
     def days(self) -> int:
         """Return this subject's date offset; the subject label, else the PatientID, keys it."""
         if self._days is None:
-            subject = self.variables.get("subject") or str(self.ds.get("PatientID", "") or "")
+            subject = self.variables.get("subject") or _text_as_read(self.ds, 0x00100020)
             if not subject:
                 raise ScriptRejected("dates cannot be shifted: no subject and no PatientID")
             self._days = actions.date_offset(self.secret, subject, self.script.shift_days)
@@ -220,11 +226,13 @@ def _set(run: _Run, s: SetTag) -> None:
     else:
         value = s.text.format_map(_Blank(run.variables))
     ds = run.ds
+    held = ds._dict.get(s.tag)
     current = ds.get(s.tag)
     writable = current is not None and current.VR in actions.TEXT_VRS
     pydicom.valuerep.validate_value(current.VR if writable else s.vr, value, pydicom.config.RAISE)
     if writable:
         if str(current.value or "") == value:
+            ds._dict[s.tag] = held  # as read: unchanged
             return
         current.value = value
     else:
@@ -389,7 +397,8 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
 
 
 def _method_values(ds: Dataset) -> list[str]:
-    value = ds.get("DeidentificationMethod", None)
+    element = dicomio.element_as_read(ds, 0x00120063)
+    value = element.value if element is not None else None
     if value is None:
         return []
     if isinstance(value, str):

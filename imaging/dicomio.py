@@ -34,6 +34,16 @@ _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 # and pydicom keeps it as it is: reading their raw bytes gives the same text
 # without pydicom's conversion of each element, a good part of reading a header.
 _RAW_TEXT_VRS = frozenset({"UI", "CS", "DA", "TM"})
+# The text VRs to which a character set applies read the same way when their
+# bytes are ASCII without an escape: every character set pydicom knows
+# decodes those as ASCII. What pydicom then does to the text, by VR (a
+# person's name with its groups, "=", is left to pydicom):
+_ASCII_TEXT_VRS = {
+    **dict.fromkeys(("LO", "SH", "UC"),
+                    lambda text: "\\".join(v.rstrip("\0 ") for v in text.split("\\"))),
+    **dict.fromkeys(("LT", "ST", "UT"), lambda text: text.rstrip("\0 ")),
+    "PN": lambda text: None if "=" in text else text.rstrip("\0 "),
+}
 _DATE_RE = re.compile(r"(\d{4})\.?(\d{2})\.?(\d{2})")
 
 
@@ -312,10 +322,8 @@ def _text(ds, keyword: str) -> str | None:
         element = ds.get_item(tag)
         if element is None:
             return None
-        if isinstance(element, RawDataElement) and \
-                (element.VR or dictionary_VR(tag)) in _RAW_TEXT_VRS:
-            value = None if element.value is None else element.value.decode("latin-1")
-        else:
+        value = _raw_text(element, tag) if isinstance(element, RawDataElement) else None
+        if value is None:
             value = ds[tag].value
     except Exception:  # pydicom decodes lazily; a damaged value reads as missing
         return None
@@ -327,6 +335,21 @@ def _text(ds, keyword: str) -> str | None:
         value = value.decode("ascii", "replace")
     text = str(value).strip().strip("\x00").strip()
     return text or None
+
+
+def _raw_text(element: RawDataElement, tag: int) -> str | None:
+    """Return a raw element's text as pydicom would give it, where that is
+    quicker without pydicom; else None."""
+    raw = element.value
+    if raw is None:
+        return None
+    vr = element.VR or dictionary_VR(tag)
+    if vr in _RAW_TEXT_VRS:
+        return raw.decode("latin-1")
+    tidy = _ASCII_TEXT_VRS.get(vr)
+    if tidy is not None and raw.isascii() and b"\x1b" not in raw:
+        return tidy(raw.decode("ascii"))
+    return None
 
 
 @functools.cache
@@ -440,6 +463,19 @@ def read_header(data: bytes) -> tuple[DicomInfo, pydicom.Dataset, tuple[int, int
     info = _checked_info(ds, None, None, size, dataset_offset(data))
     ds._dict.update(as_read)
     return info, ds, (start, end)
+
+
+def element_as_read(ds: pydicom.Dataset, tag: int):
+    """Return the element `tag` of `ds` as pydicom gives it (None when absent),
+    leaving `ds` holding it as it was read: a raw element stays raw, so that
+    it does not count as changed and a writer copies its bytes (dicomwrite)."""
+    held = ds._dict.get(tag)
+    if held is None:
+        return None
+    element = ds[tag]
+    if element is not held and isinstance(held, RawDataElement):
+        ds._dict[tag] = held
+    return element
 
 
 def with_digests(info: DicomInfo, data: bytes) -> DicomInfo:

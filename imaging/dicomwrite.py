@@ -23,11 +23,13 @@ from pydicom.dataset import validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 
-from imaging.dicomio import dataset_offset, has_dicm
+from imaging.dicomio import dataset_offset, element_as_read, has_dicm
 
 _LONG = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+_TEXT_PADDING = {**dict.fromkeys(("AE", "CS", "DA", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+                                  "UT"), b" "), "UI": b"\0"}
 _REQUIRED_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012)
 
 
@@ -63,19 +65,93 @@ def encode_fast(ds: pydicom.Dataset, original: bytes | None) -> bytes | None:
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = implicit, little
     order = "<" if little else ">"
-    encodings = ds.get("SpecificCharacterSet", "iso8859")
+    charset = element_as_read(ds, 0x00080005)
+    encodings = charset.value if charset is not None else "iso8859"
+    view = memoryview(original) if original is not None else None
+    span = None  # [start, end]: untouched elements that lie together in `original`
     for tag in sorted(ds._dict):
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # retired group lengths, as pydicom leaves them out
         elem = ds._dict[tag]
         if isinstance(elem, RawDataElement):
+            where = _where(elem, original, implicit, order) if view is not None else None
+            if where is not None:
+                if span is not None and span[1] == where[0]:
+                    span[1] = where[1]
+                    continue
+                if span is not None:
+                    fp.write(view[span[0]:span[1]])
+                span = list(where)
+                continue
+        if span is not None:
+            fp.write(view[span[0]:span[1]])
+            span = None
+        if isinstance(elem, RawDataElement):
             if not _write_raw(fp, elem, implicit, order):
                 return None
-        else:
+        elif not _write_text(fp, elem, implicit, order):
             if not implicit and (elem.VR is None or len(elem.VR) != 2):
                 return None  # an ambiguous VR: pydicom's writer settles it
             write_data_element(fp, elem, encodings)
+    if span is not None:
+        fp.write(view[span[0]:span[1]])
     return head + fp.getvalue()
+
+
+def _where(elem: RawDataElement, original: bytes, implicit: bool,
+           order: str) -> tuple[int, int] | None:
+    """Return where a raw element lies in `original`, the bytes it was read
+    from, when there it is written as _write_raw would write it (so that it
+    can be copied with its neighbours); else None."""
+    value = elem.value or b""
+    undefined = elem.length == 0xFFFFFFFF
+    if not undefined and elem.length != len(value):
+        return None  # cut short by the end of the file
+    if implicit:
+        header = 8
+    elif elem.VR in _LONG:
+        header = 12
+    elif undefined or elem.VR is None or len(elem.VR) != 2:
+        return None
+    else:
+        header = 8
+    start, end = elem.value_tell - header, elem.value_tell + len(value)
+    if undefined:
+        end += 8
+    if start < 0 or end > len(original) or \
+            struct.unpack_from(order + "HH", original, start) != (elem.tag >> 16,
+                                                                 elem.tag & 0xFFFF):
+        return None
+    if undefined and original[end - 8:end] != struct.pack(order + "HHI", 0xFFFE, 0xE0DD, 0):
+        return None
+    return start, end
+
+
+def _write_text(fp, elem, implicit: bool, order: str) -> bool:
+    """Write an element holding one ASCII text (a script's usual change) as
+    pydicom writes it, padded to an even length; False when it is not one:
+    every character set encodes ASCII alike."""
+    pad = _TEXT_PADDING.get(elem.VR)
+    if pad is None or not isinstance(elem.value, str | PersonName):
+        return False
+    text = str(elem.value)
+    if not text.isascii() or "\x1b" in text:
+        return False
+    value = text.encode()
+    if len(value) % 2:
+        value += pad
+    group, number = elem.tag >> 16, elem.tag & 0xFFFF
+    if implicit:
+        header = struct.pack(order + "HHI", group, number, len(value))
+    elif elem.VR in _LONG:
+        header = struct.pack(order + "HH2s2xI", group, number, elem.VR.encode(), len(value))
+    elif len(value) > 0xFFFF:
+        return False
+    else:
+        header = struct.pack(order + "HH2sH", group, number, elem.VR.encode(), len(value))
+    fp.write(header)
+    fp.write(value)
+    return True
 
 
 def _write_raw(fp, elem: RawDataElement, implicit: bool, order: str) -> bool:
@@ -111,7 +187,8 @@ def _head(ds: pydicom.Dataset, meta, original: bytes | None) -> bytes:
     instance and hold what the standard requires; else they are written
     anew as pydicom does (for instance after the UIDs were replaced).
     """
-    sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
+    sop_class, sop_instance = (getattr(element_as_read(ds, tag), "value", None)
+                               for tag in (0x00080016, 0x00080018))
     if original is not None and has_dicm(original) and \
             all(tag in meta for tag in _REQUIRED_META) and \
             sop_class in (None, meta.MediaStorageSOPClassUID) and \

@@ -268,3 +268,57 @@ def test_scan_fields_describe_the_scan():
         "flip_angle": 90.0,
     }
     json.dumps(fields)
+
+
+_TEXT_FIELDS = {"PN": "PatientName", "LO": "PatientID", "SH": "AccessionNumber",
+                "LT": "PatientComments", "ST": "InstitutionAddress", "UT": "TextValue",
+                "UC": "StrainAdditionalInformation"}
+
+
+def _text_both_ways(monkeypatch, vr: str, raw: bytes, charset: str | None):
+    """Return _text of a raw element read quickly and as pydicom reads it."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.datadict import tag_for_keyword
+
+    keyword = _TEXT_FIELDS[vr]
+    tag = tag_for_keyword(keyword)
+
+    def dataset():
+        ds = pydicom.Dataset()
+        if charset is not None:
+            ds.SpecificCharacterSet = charset
+        ds._dict[tag] = RawDataElement(pydicom.tag.Tag(tag), vr, len(raw), raw, 0, False, True)
+        return ds
+
+    quick = dicomio._text(dataset(), keyword)
+    with monkeypatch.context() as m:
+        m.setattr(dicomio, "_ASCII_TEXT_VRS", {})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slow = dicomio._text(dataset(), keyword)
+    return quick, slow
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87",
+                                     "ISO_IR 13", "GB18030", "ISO_IR 144"])
+@pytest.mark.parametrize("vr", sorted(_TEXT_FIELDS))
+def test_text_read_without_pydicom_is_the_text_pydicom_gives(monkeypatch, vr, charset):
+    samples = [b"", b" ", b"\x00", b"DOE^JOHN ", b"A \\B ", b" A\\\\ B\x00", b"\\", b"A^B==",
+               b"Caf\xe9", b"\x1b$B", b"line1\r\nline2  ", b"x" * 70 + b"\\ y", b"  \\  "]
+    for raw in samples:
+        quick, slow = _text_both_ways(monkeypatch, vr, raw, charset)
+        assert quick == slow, (vr, charset, raw)
+
+
+def test_text_read_without_pydicom_matches_pydicom_on_any_ascii(monkeypatch):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(sorted(_TEXT_FIELDS)),
+           st.lists(st.sampled_from(list(b"AZaz09^=\\ \x00.-_\t")), max_size=40).map(bytes))
+    def check(vr, raw):
+        quick, slow = _text_both_ways(monkeypatch, vr, raw, None)
+        assert quick == slow
+
+    check()
