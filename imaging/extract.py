@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from imaging.labels import shown
 
 try:  # Intel's ISA-L inflates deflate streams about twice as fast as zlib
-    from isal import isal_zlib
+    from isal import igzip, isal_zlib
 except ImportError:  # pragma: no cover - a platform without its wheels
-    isal_zlib = None
+    igzip = isal_zlib = None
 
 CHUNK = 2**20
 _RATIO_FLOOR = 16 * 2**20
@@ -254,7 +254,27 @@ def _open(path, kind: str):
     with _reading(kind):
         if kind == "zip":
             return zipfile.ZipFile(path)
-        return tarfile.open(path, "r:*")
+        return _TarFile.open(path, "r:*")
+
+
+class _TarFile(tarfile.TarFile):
+    """A tar archive whose gzip compression ISA-L inflates (as zip members)."""
+
+    @classmethod
+    def gzopen(cls, name, mode="r", fileobj=None, compresslevel=9, **kwargs):
+        if igzip is None or mode != "r":
+            return super().gzopen(name, mode, fileobj, compresslevel, **kwargs)
+        stream = igzip.IGzipFile(name, "rb", fileobj=fileobj)
+        try:
+            archive = cls.taropen(name, mode, stream, **kwargs)
+        except (OSError, EOFError, tarfile.ReadError, isal_zlib.error) as exc:
+            stream.close()
+            raise tarfile.ReadError("not a gzip file") from exc
+        except BaseException:
+            stream.close()
+            raise
+        archive._extfileobj = False  # closing the archive closes the stream
+        return archive
 
 
 def _entries(path, kind: str) -> Iterator[tuple[int, str | None, int]]:

@@ -277,8 +277,8 @@ _TEXT_FIELDS = {"PN": "PatientName", "LO": "PatientID", "SH": "AccessionNumber",
 
 def _text_both_ways(monkeypatch, vr: str, raw: bytes, charset: str | None):
     """Return _text of a raw element read quickly and as pydicom reads it."""
-    from pydicom.dataelem import RawDataElement
     from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
 
     keyword = _TEXT_FIELDS[vr]
     tag = tag_for_keyword(keyword)

@@ -253,6 +253,17 @@ def test_a_zip_whose_deflated_data_is_corrupt_fails_while_extracting(tmp_path):
     assert not (tmp_path / "out" / "a.dcm").exists()
 
 
+def test_a_tar_gz_whose_compressed_data_is_corrupt_fails_while_extracting(tmp_path):
+    content = bytes(range(256)) * 400
+    archive = make_tar(tmp_path / "up.tgz", [("a.dcm", content), ("b.dcm", content)], "w:gz")
+    members = list_members(archive)
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 40] = b"\xff" * 40
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ExtractError, match="damaged"):
+        list(extract_members(archive, members, tmp_path / "out"))
+
+
 def test_deflated_members_are_inflated_exactly(tmp_path):
     rng = random.Random(3)
     entries = [(f"f{n}.bin", bytes(rng.randrange(4) for _ in range(size)))
