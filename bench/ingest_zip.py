@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ingest_zip.py [--count 2000] [--series 4] [--workers 2]
         [--database-url postgresql://postgres@127.0.0.1:5432/test]
-        [--redis-url redis://127.0.0.1:6379/0] [--batch-size 250] [--rounds 3]
+        [--redis-url redis://127.0.0.1:6379/0] [--batch-size 500] [--rounds 3]
         [--size 256] [--timeline] [--keep]
 
 It generates N MR instances of 256x256 (pydicom's MR_small.dcm with new
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="RQ workers of serve")
     parser.add_argument("--web-workers", type=int, default=2, help="web processes of serve")
     parser.add_argument("--batch-size", type=int,
-                        default=int(os.environ.get("SCANYARD_BATCH_SIZE", 250)))
+                        default=int(os.environ.get("SCANYARD_BATCH_SIZE", 500)))
     parser.add_argument("--database-url", help="a PostgreSQL server (default: SQLite)")
     parser.add_argument("--redis-url", help="a Redis server (default: the embedded one)")
     parser.add_argument("--rounds", type=int, default=3,

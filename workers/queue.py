@@ -10,7 +10,7 @@ import os
 
 from flask import current_app
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue, Retry, Worker
 from rq.job import Dependency, Job
 
 _connections: dict[str, Redis] = {}
@@ -20,6 +20,10 @@ JOB_TIMEOUT = 6 * 3600
 # microseconds per entry): with batches of a fixed size that cost grew with the
 # square of the number of files. Past MAX_BATCHES, batches grow instead.
 MAX_BATCHES = 16
+# Each job runs in a process forked for it, which costs some 50 ms before the
+# first file: batches are large, but an upload has at least one per worker
+# (of MIN_BATCH files or more) so that every worker reads a part of it.
+MIN_BATCH = 10
 RESULT_TTL = 3600
 FAILURE_TTL = 7 * 24 * 3600
 
@@ -73,13 +77,25 @@ def enqueue_extract_upload(upload_id: str):
 def enqueue_read_batches(upload_id: str, total: int):
     """Enqueue one read job per batch of members and the finishing job that
     depends on them all (and runs even when a batch failed, to report it)."""
-    size = max(current_app.config["BATCH_SIZE"], -(-total // MAX_BATCHES))
+    size = current_app.config["BATCH_SIZE"]
+    workers = worker_count()
+    if workers > 1:
+        size = min(size, max(MIN_BATCH, -(-total // workers)))
+    size = max(size, -(-total // MAX_BATCHES))
     batches = [list(range(i, min(i + size, total))) for i in range(0, total, size)]
     jobs = [_enqueue("workers.ingest.read_batch", upload_id, n, members)
             for n, members in enumerate(batches)]
     depends = Dependency(jobs=jobs, allow_failure=True, enqueue_at_front=True) if jobs else None
     return _enqueue("workers.ingest.finish_upload", upload_id, len(batches),
                     job_id=f"{upload_id}-finish", depends_on=depends)
+
+
+def worker_count() -> int:
+    """Return how many workers serve the queue now (0 when Redis cannot say)."""
+    try:
+        return Worker.count(queue=get_queue())
+    except Exception:  # a count for sizing batches: never worth failing a job over
+        return 0
 
 
 def enqueue_build_session(prearchive_id: int):
