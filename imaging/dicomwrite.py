@@ -73,20 +73,20 @@ def encode_fast(ds: pydicom.Dataset, original: bytes | None) -> bytes | None:
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # retired group lengths, as pydicom leaves them out
         elem = ds._dict[tag]
-        if isinstance(elem, RawDataElement):
-            where = _where(elem, original, implicit, order) if view is not None else None
-            if where is not None:
-                if span is not None and span[1] == where[0]:
-                    span[1] = where[1]
-                    continue
+        raw = isinstance(elem, RawDataElement)
+        where = _where(elem, original, implicit, order) if raw and view is not None else None
+        if where is not None:
+            if span is not None and span[1] == where[0]:
+                span[1] = where[1]
+            else:
                 if span is not None:
                     fp.write(view[span[0]:span[1]])
                 span = list(where)
-                continue
+            continue
         if span is not None:
             fp.write(view[span[0]:span[1]])
             span = None
-        if isinstance(elem, RawDataElement):
+        if raw:
             if not _write_raw(fp, elem, implicit, order):
                 return None
         elif not _write_text(fp, elem, implicit, order):
@@ -98,31 +98,44 @@ def encode_fast(ds: pydicom.Dataset, original: bytes | None) -> bytes | None:
     return head + fp.getvalue()
 
 
+def _header(tag: int, vr: str | None, length: int, implicit: bool, order: str,
+            undefined: bool = False) -> bytes | None:
+    """Return an element's header as pydicom writes it; None when it has none
+    (an ambiguous VR, or a length its VR cannot say)."""
+    group, number = tag >> 16, tag & 0xFFFF
+    if undefined:
+        length = 0xFFFFFFFF
+    if implicit:
+        return struct.pack(order + "HHI", group, number, length)
+    if vr is None or len(vr) != 2:
+        return None
+    if vr in _LONG:
+        return struct.pack(order + "HH2s2xI", group, number, vr.encode(), length)
+    if undefined or length > 0xFFFF:
+        return None
+    return struct.pack(order + "HH2sH", group, number, vr.encode(), length)
+
+
+_DELIMITER = {order: struct.pack(order + "HHI", 0xFFFE, 0xE0DD, 0) for order in "<>"}
+
+
 def _where(elem: RawDataElement, original: bytes, implicit: bool,
            order: str) -> tuple[int, int] | None:
     """Return where a raw element lies in `original`, the bytes it was read
-    from, when there it is written as _write_raw would write it (so that it
-    can be copied with its neighbours); else None."""
+    from, when it lies there as _write_raw would write it (so that it can be
+    copied with its neighbours); else None."""
     value = elem.value or b""
     undefined = elem.length == 0xFFFFFFFF
     if not undefined and elem.length != len(value):
         return None  # cut short by the end of the file
-    if implicit:
-        header = 8
-    elif elem.VR in _LONG:
-        header = 12
-    elif undefined or elem.VR is None or len(elem.VR) != 2:
+    header = _header(elem.tag, elem.VR, len(value), implicit, order, undefined)
+    if header is None:
         return None
-    else:
-        header = 8
-    start, end = elem.value_tell - header, elem.value_tell + len(value)
-    if undefined:
-        end += 8
+    start = elem.value_tell - len(header)
+    end = elem.value_tell + len(value) + (8 if undefined else 0)
     if start < 0 or end > len(original) or \
-            struct.unpack_from(order + "HH", original, start) != (elem.tag >> 16,
-                                                                 elem.tag & 0xFFFF):
-        return None
-    if undefined and original[end - 8:end] != struct.pack(order + "HHI", 0xFFFE, 0xE0DD, 0):
+            original[start:elem.value_tell] != header or \
+            undefined and original[end - 8:end] != _DELIMITER[order]:
         return None
     return start, end
 
@@ -140,15 +153,9 @@ def _write_text(fp, elem, implicit: bool, order: str) -> bool:
     value = text.encode()
     if len(value) % 2:
         value += pad
-    group, number = elem.tag >> 16, elem.tag & 0xFFFF
-    if implicit:
-        header = struct.pack(order + "HHI", group, number, len(value))
-    elif elem.VR in _LONG:
-        header = struct.pack(order + "HH2s2xI", group, number, elem.VR.encode(), len(value))
-    elif len(value) > 0xFFFF:
+    header = _header(elem.tag, elem.VR, len(value), implicit, order)
+    if header is None:
         return False
-    else:
-        header = struct.pack(order + "HH2sH", group, number, elem.VR.encode(), len(value))
     fp.write(header)
     fp.write(value)
     return True
@@ -158,25 +165,13 @@ def _write_raw(fp, elem: RawDataElement, implicit: bool, order: str) -> bool:
     """Write a raw element as its header and bytes; False when it cannot be."""
     value = elem.value or b""
     undefined = elem.length == 0xFFFFFFFF
-    group, number = elem.tag >> 16, elem.tag & 0xFFFF
-    if implicit:
-        header = struct.pack(order + "HHI", group, number,
-                             0xFFFFFFFF if undefined else len(value))
-    else:
-        vr = elem.VR
-        if vr is None or len(vr) != 2:
-            return False
-        if vr in _LONG:
-            header = struct.pack(order + "HH2s2xI", group, number, vr.encode(),
-                                 0xFFFFFFFF if undefined else len(value))
-        elif undefined or len(value) > 0xFFFF:
-            return False
-        else:
-            header = struct.pack(order + "HH2sH", group, number, vr.encode(), len(value))
+    header = _header(elem.tag, elem.VR, len(value), implicit, order, undefined)
+    if header is None:
+        return False
     fp.write(header)
     fp.write(value)
     if undefined:
-        fp.write(struct.pack(order + "HHI", 0xFFFE, 0xE0DD, 0))
+        fp.write(_DELIMITER[order])
     return True
 
 
