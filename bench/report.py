@@ -14,6 +14,10 @@ def show(figures: dict) -> None:
     if "parallel" in figures:
         print(f"this machine: {figures['cores']} processes at once did "
               f"{figures['parallel']:.2f}x the work of one (bench/cores.py)")
+    if "file_creation" in figures:
+        made = figures["file_creation"]
+        print(f"creating a file of 4 KB in the data folder: {made['alone']:.2f} ms alone, "
+              f"{made['at_once']:.2f} ms with {figures['cores']} processes at once")
     if data:
         print(f"data: {data['studies']} studies x {data['series']} series x {data['images']} "
               f"MR images of {data['size']}x{data['size']} = {data['count']:,} instances, "

@@ -385,6 +385,7 @@ def main(argv=None) -> int:
     (ROOT / "instance").mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="run-all-", dir=ROOT / "instance"))
     try:
+        figures["file_creation"] = cores.file_creation(tmp / "file-creation")
         print("Making the data set ...", flush=True)
         data = make_data(tmp / "data", args.studies, args.series, args.images, args.size)
         figures["data"] = {"count": data.count, "bytes": data.bytes,
