@@ -43,7 +43,8 @@ def server(tmp_path, redis_url, postgres_url):
                SCANYARD_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}",
                SCANYARD_REDIS_URL=redis_url,
                SCANYARD_QUEUE_NAME=f"serve-test-{os.getpid()}-{tmp_path.name}",
-               SCANYARD_SECRET_KEY="test")
+               SCANYARD_SECRET_KEY="test", HOME=str(tmp_path / "home"))
+    env.pop("XDG_RUNTIME_DIR", None)
     assert flask(env, "init-db").returncode == 0
     made = flask(env, "create-user", "boss", "--admin", input="a long password\n")
     assert made.returncode == 0, made.stderr
@@ -96,3 +97,5 @@ def test_serve_runs_the_whole_path_and_ctrl_c_stops_everything(server):
     assert proc.wait(timeout=60) == 0
     time.sleep(0.5)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    # Nothing left in the user's home (gunicorn's control socket is off).
+    assert not (tmp_path / "home").exists()
