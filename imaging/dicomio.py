@@ -44,6 +44,13 @@ _ASCII_TEXT_VRS = {
     **dict.fromkeys(("LT", "ST", "UT"), lambda text: text.rstrip("\0 ")),
     "PN": lambda text: None if "=" in text else text.rstrip("\0 "),
 }
+# One well-formed number (IS, DS) reads as its bytes; pydicom keeps a
+# number's text as it was written. Anything else (several values, padding
+# with NULs, a malformed number) is left to pydicom.
+_PLAIN_NUMBERS = {
+    "IS": re.compile(rb" *[+-]?[0-9]{1,12} *"),
+    "DS": re.compile(rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *"),
+}
 _DATE_RE = re.compile(r"(\d{4})\.?(\d{2})\.?(\d{2})")
 
 
@@ -346,6 +353,9 @@ def _raw_text(element: RawDataElement, tag: int) -> str | None:
     vr = element.VR or dictionary_VR(tag)
     if vr in _RAW_TEXT_VRS:
         return raw.decode("latin-1")
+    number = _PLAIN_NUMBERS.get(vr)
+    if number is not None and len(raw) <= 16 and number.fullmatch(raw):
+        return raw.decode("ascii")
     tidy = _ASCII_TEXT_VRS.get(vr)
     if tidy is not None and raw.isascii() and b"\x1b" not in raw:
         return tidy(raw.decode("ascii"))

@@ -272,7 +272,9 @@ def test_scan_fields_describe_the_scan():
 
 _TEXT_FIELDS = {"PN": "PatientName", "LO": "PatientID", "SH": "AccessionNumber",
                 "LT": "PatientComments", "ST": "InstitutionAddress", "UT": "TextValue",
-                "UC": "StrainAdditionalInformation"}
+                "UC": "StrainAdditionalInformation", "IS": "InstanceNumber",
+                "DS": "RepetitionTime"}
+_TEXTS = sorted(set(_TEXT_FIELDS) - {"IS", "DS"})
 
 
 def _text_both_ways(monkeypatch, vr: str, raw: bytes, charset: str | None):
@@ -293,6 +295,7 @@ def _text_both_ways(monkeypatch, vr: str, raw: bytes, charset: str | None):
     quick = dicomio._text(dataset(), keyword)
     with monkeypatch.context() as m:
         m.setattr(dicomio, "_ASCII_TEXT_VRS", {})
+        m.setattr(dicomio, "_PLAIN_NUMBERS", {})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             slow = dicomio._text(dataset(), keyword)
@@ -301,7 +304,7 @@ def _text_both_ways(monkeypatch, vr: str, raw: bytes, charset: str | None):
 
 @pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87",
                                      "ISO_IR 13", "GB18030", "ISO_IR 144"])
-@pytest.mark.parametrize("vr", sorted(_TEXT_FIELDS))
+@pytest.mark.parametrize("vr", _TEXTS)
 def test_text_read_without_pydicom_is_the_text_pydicom_gives(monkeypatch, vr, charset):
     samples = [b"", b" ", b"\x00", b"DOE^JOHN ", b"A \\B ", b" A\\\\ B\x00", b"\\", b"A^B==",
                b"Caf\xe9", b"\x1b$B", b"line1\r\nline2  ", b"x" * 70 + b"\\ y", b"  \\  "]
@@ -315,8 +318,32 @@ def test_text_read_without_pydicom_matches_pydicom_on_any_ascii(monkeypatch):
     from hypothesis import strategies as st
 
     @settings(max_examples=300, deadline=None)
-    @given(st.sampled_from(sorted(_TEXT_FIELDS)),
+    @given(st.sampled_from(_TEXTS),
            st.lists(st.sampled_from(list(b"AZaz09^=\\ \x00.-_\t")), max_size=40).map(bytes))
+    def check(vr, raw):
+        quick, slow = _text_both_ways(monkeypatch, vr, raw, None)
+        assert quick == slow
+
+    check()
+
+
+@pytest.mark.parametrize("vr", ["IS", "DS"])
+def test_a_number_read_without_pydicom_is_the_text_pydicom_gives(monkeypatch, vr):
+    samples = [b"12", b"0012", b"+12 ", b" -0", b"1.50", b"1e3 ", b"1E+03", b".5", b"5.",
+               b"-.0", b"1e400", b"9" * 12, b"9" * 16, b"9" * 17 + b" ", b"1.5\\2 ", b"12\x00",
+               b"", b"  ", b"1 2 ", b"0x10", b"nan ", b"inf ", b"1.5.", b"--1", b"e5"]
+    for raw in samples:
+        quick, slow = _text_both_ways(monkeypatch, vr, raw, None)
+        assert quick == slow, (vr, raw)
+
+
+def test_a_number_read_without_pydicom_matches_pydicom_on_any_digits(monkeypatch):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.sampled_from(["IS", "DS"]),
+           st.lists(st.sampled_from(list(b"0123456789+-.eE \\\x00")), max_size=18).map(bytes))
     def check(vr, raw):
         quick, slow = _text_both_ways(monkeypatch, vr, raw, None)
         assert quick == slow
