@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,8 +90,6 @@ def file_creation(folder: Path, files: int = 500) -> dict:
 
 
 def main() -> int:
-    import tempfile
-
     result = speedup()
     print(f"{result['processes']} processes at once did {result['speedup']:.2f}x "
           "the work of one")
