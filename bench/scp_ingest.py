@@ -173,7 +173,21 @@ class Scanyard:
                                      stderr=subprocess.DEVNULL)
         self.worker = subprocess.Popen(flask + ["worker"], env=self.env, cwd=ROOT,
                                        stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        wait_for_port(self.port, self.proc)
+        wait_for_port(self.port, self.proc)  # open once every receiver process is ready
+        self._wait_for_worker(redis_url, self.env["SCANYARD_QUEUE_NAME"])
+
+    def _wait_for_worker(self, redis_url: str, queue: str, timeout: float = 60) -> None:
+        """Wait until the worker listens on its queue: no receiver is timed
+        while a process of its own is still starting beside it."""
+        from redis import Redis
+        from rq import Queue, Worker
+
+        connection = Redis.from_url(redis_url)
+        deadline = time.monotonic() + timeout
+        while not Worker.all(connection=connection, queue=Queue(queue, connection=connection)):
+            if time.monotonic() > deadline or self.worker.poll() is not None:
+                raise SystemExit("the worker did not start")
+            time.sleep(0.1)
 
     def until_ready(self, count: int, timeout: float = 300) -> float:
         start = time.perf_counter()

@@ -32,9 +32,9 @@ from tests.test_serve import free_port
 pytestmark = pytest.mark.slow
 
 
-def _start(app, port: int, processes: int = 2) -> subprocess.Popen:
+def _start(app, port: int, processes: int = 2, **extra) -> subprocess.Popen:
     env = worker_env(app, SCANYARD_SCP_PROCESSES=str(processes),
-                     SCANYARD_SESSION_IDLE_SECONDS="1")
+                     SCANYARD_SESSION_IDLE_SECONDS="1", **extra)
     proc = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "app", "scp", "--host", "127.0.0.1",
          "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -165,3 +165,42 @@ def test_killing_the_first_process_stops_the_receivers_and_frees_the_port(app):
     again = _start(app, port)  # the port is free for the receiver started again
     again.send_signal(signal.SIGTERM)
     again.wait(timeout=60)
+
+
+# Run at the start of every Python process the test starts: one receiver
+# process (the first to take the marker) starts SLOW_START seconds later,
+# and writes down when it goes on.
+_SLOW_SITE = """
+import os, time
+if os.environ.get("SCANYARD_SCP_LISTEN_FD"):
+    try:
+        os.unlink(os.environ["SLOW_MARKER"])
+    except OSError:
+        pass
+    else:
+        time.sleep(float(os.environ["SLOW_START"]))
+        with open(os.environ["SLOW_MARKER"] + ".went-on", "w") as fh:
+            fh.write(repr(time.time()))
+"""
+
+
+def test_the_port_opens_once_every_process_is_ready(app, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SLOW_SITE)
+    marker = tmp_path / "slow"
+    marker.touch()
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    port = free_port()
+    proc = _start(app, port, PYTHONPATH=path, SLOW_MARKER=str(marker), SLOW_START="3")
+    opened = time.time()
+    try:
+        went_on = marker.with_name("slow.went-on")
+        assert went_on.exists(), "the port opened while a receiver process was starting"
+        assert float(went_on.read_text()) < opened
+        children = [p.pid for p in _receivers(proc)]
+        # Senders that connect at once spread over both processes, the slow one too.
+        assert _spread(port, children) == set(children)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

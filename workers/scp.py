@@ -15,6 +15,7 @@ import ctypes
 import errno
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -65,6 +66,13 @@ HOT_MAX_STREAMS = max(1, (os.cpu_count() or 2) // 2 // int(os.environ.get(
 # the pause before accepting per association a process already holds.
 ACCEPT_DELAY = 0.01
 LISTEN_FD_ENV = "SCANYARD_SCP_LISTEN_FD"
+# The pipe on which each receiver process says it is ready to accept; the
+# socket listens once all are, so that the first senders spread over them
+# (a process still starting would leave its share to the others), and an
+# open port means the receiver is ready.
+READY_FD_ENV = "SCANYARD_SCP_READY_FD"
+READY_WAIT = 60.0  # then listen anyway, if one process at least is ready
+LISTEN_BACKLOG = 128
 
 
 class SharedSocketServer(ThreadedAssociationServer):
@@ -111,11 +119,33 @@ class SharedSocketServer(ThreadedAssociationServer):
         self.socket.close()  # no shutdown(): the other processes listen on it
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """Open the receiver's listening socket for processes to share (inheritable)."""
-    sock = socket.create_server((host, port), backlog=128)
+def shared_socket(host: str, port: int) -> socket.socket:
+    """Bind the receiver's socket for processes to share (inheritable); it
+    listens once they are ready (`_run_processes`)."""
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
+
+
+def _until_listening(stopping: threading.Event) -> bool:
+    """In a receiver process on the shared socket: tell `flask scp` that this
+    one is ready, then wait until the socket listens. False when told to
+    stop first."""
+    ready = os.environ.pop(READY_FD_ENV, None)
+    if ready:  # absent in a process started again once the socket listens
+        os.write(int(ready), b".")
+        os.close(int(ready))
+    with socket.socket(fileno=os.dup(int(os.environ[LISTEN_FD_ENV]))) as sock:
+        while not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            if stopping.wait(0.01):
+                return False
+    return True
 
 
 @dataclass
@@ -436,6 +466,8 @@ def run_scp(app: Flask, host: str, port: int) -> None:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
+    if os.environ.get(LISTEN_FD_ENV) and not _until_listening(stopping):
+        return
     scp.start()
     stopping.wait()
     log.info("stopping the DICOM receiver")
@@ -443,32 +475,45 @@ def run_scp(app: Flask, host: str, port: int) -> None:
 
 
 def _run_processes(host: str, port: int, processes: int) -> None:
-    """Open the listening socket, run `processes` receivers on it (``flask scp``
-    each, which finds the socket in LISTEN_FD_ENV) and start again any that
-    dies, until SIGINT or SIGTERM, which they are passed."""
-    sock = listening_socket(host, port)
-    env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno()),
+    """Bind the socket, run `processes` receivers on it (``flask scp`` each,
+    which finds the socket in LISTEN_FD_ENV), listen once they are ready and
+    start again any that dies, until SIGINT or SIGTERM, which they are passed."""
+    sock = shared_socket(host, port)
+    ready_read, ready_write = os.pipe()
+    env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno()), READY_FD_ENV: str(ready_write),
            "SCANYARD_SCP_PROCESSES": str(processes)}
+    fds = [sock.fileno(), ready_write]
     command = [sys.executable, "-m", "flask", "--app", "app", "scp", "--host", host,
                "--port", str(port)]
     root = Path(__file__).resolve().parent.parent
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen(command, env=env, cwd=root, pass_fds=(sock.fileno(),),
+        return subprocess.Popen(command, env=env, cwd=root, pass_fds=tuple(fds),
                                 preexec_fn=_die_with_parent)
 
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
     children = [start() for _ in range(processes)]
-    log.info("DICOM receiver: %d processes on %s:%s", processes, host, port)
+    ready, began = 0, time.monotonic()
+    while not stopping.is_set() and ready < processes:
+        if ready and time.monotonic() - began > READY_WAIT:
+            log.warning("%d of %d receiver processes ready after %.0f s; listening",
+                        ready, processes, READY_WAIT)
+            break
+        if select.select([ready_read], [], [], 0.5)[0]:
+            ready += len(os.read(ready_read, processes))
+        _restart_dead(children, start, stopping)
+    # Processes started from now on find the socket listening.
+    del env[READY_FD_ENV]
+    fds.remove(ready_write)
+    os.close(ready_write)
+    os.close(ready_read)
+    if not stopping.is_set():
+        sock.listen(LISTEN_BACKLOG)
+        log.info("DICOM receiver: %d processes on %s:%s", processes, host, port)
     while not stopping.wait(0.5):
-        for n, child in enumerate(children):
-            if child.poll() is not None:
-                log.warning("receiver process %d exited with %s; starting it again",
-                            child.pid, child.returncode)
-                stopping.wait(1.0)
-                children[n] = start()
+        _restart_dead(children, start, stopping)
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -478,6 +523,17 @@ def _run_processes(host: str, port: int, processes: int) -> None:
         except subprocess.TimeoutExpired:
             child.kill()
     sock.close()
+
+
+def _restart_dead(children: list[subprocess.Popen], start, stopping: threading.Event) -> None:
+    """Start again each receiver process that exited (after a pause)."""
+    for n, child in enumerate(children):
+        if child.poll() is not None and not stopping.is_set():
+            log.warning("receiver process %d exited with %s; starting it again",
+                        child.pid, child.returncode)
+            if stopping.wait(1.0):
+                return
+            children[n] = start()
 
 
 def _die_with_parent() -> None:
