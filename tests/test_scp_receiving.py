@@ -15,6 +15,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from imaging import dicomio, dicomwrite
@@ -292,6 +294,17 @@ def test_a_full_disk_answers_a700_and_an_unexpected_error_c211(app, scp, tmp_pat
 
 def test_c_echo_is_answered(scp):
     assert echo(scp.port) == 0
+
+
+def test_senders_may_send_pdus_of_128_kb(scp):
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="SCANYARD")
+    try:
+        assert assoc.is_established
+        assert assoc.acceptor.maximum_length == 131072
+    finally:
+        assoc.release()
 
 
 def test_the_receiver_builds_a_session_once_it_is_quiet(app, run_jobs, tmp_path):
