@@ -79,7 +79,8 @@ from imaging.storage import fsync_dir
 
 __all__ = [
     "DEFAULT_SITE_SCRIPT", "VARIABLES", "Script", "ScriptError", "ScriptRejected",
-    "anonymize_bytes", "anonymize_file", "anonymize_header", "apply_script", "parse_script",
+    "anonymize_bytes", "anonymize_file", "anonymize_header", "anonymize_in_place", "apply_script",
+    "parse_script",
 ]
 
 DEFAULT_SITE_SCRIPT = """\
@@ -351,8 +352,42 @@ def anonymize_file(path, script: Script, variables: dict, secret: bytes,
     """
     path = Path(path)
     changes, data, _ = anonymize_bytes(path.read_bytes(), script, variables, secret, uid_prefix)
-    if not changes:
-        return []
+    if changes:
+        _replace(path, data)
+    return changes
+
+
+def anonymize_in_place(path, script: Script, variables: dict, secret: bytes,
+                       uid_prefix: str | None = None) -> tuple[list[str], dicomio.DicomInfo]:
+    """Do what anonymize_file does; return the changes and what read_dicom
+    reads from the file after them.
+
+    The file is read and its header parsed once (anonymize_header, whose new
+    values give the info); a file that way cannot write goes through
+    anonymize_file and is read again.
+    """
+    path = Path(path)
+    done = None
+    if path.stat().st_size <= dicomio.WHOLE_READ_LIMIT:
+        data = path.read_bytes()
+        try:
+            info, ds, pixels = dicomio.read_header(data)
+        except dicomio.NotDicom:
+            pass
+        else:
+            done = anonymize_header(ds, data, pixels, script, variables, secret, uid_prefix)
+    if done is None:
+        changes = anonymize_file(path, script, variables, secret, uid_prefix)
+        return changes, dicomio.read_dicom(path)
+    changes, new, changed = done
+    if new is None:
+        return changes, dicomio.with_digests(info, data)
+    _replace(path, new)
+    return changes, dicomio.changed_info(info, ds, new, changed)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Replace the file at `path` with `data`: a crash leaves the one or the other."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.anon")
     try:
         with open(tmp, "wb") as fh:
@@ -364,7 +399,6 @@ def anonymize_file(path, script: Script, variables: dict, secret: bytes,
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-    return changes
 
 
 def anonymize_bytes(data: bytes, script: Script, variables: dict, secret: bytes,

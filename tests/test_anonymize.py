@@ -12,11 +12,13 @@ from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from imaging import dicomio
 from imaging.anonymize import (
     DEFAULT_SITE_SCRIPT,
     ScriptError,
     ScriptRejected,
     anonymize_file,
+    anonymize_in_place,
     apply_script,
     parse_script,
 )
@@ -162,6 +164,29 @@ def test_a_value_the_file_cannot_take_rejects_the_file():
     ds = read("MR_small.dcm")
     with pytest.raises(ScriptRejected, match="line 1"):
         apply_script(parse_script("PatientName := subject"), ds, {"subject": "x" * 80}, SECRET)
+
+
+@pytest.mark.parametrize("name", PROFILE_FILES)
+@pytest.mark.parametrize("text", [DEFAULT_SITE_SCRIPT,
+                                  "replace uids\nshift dates\nPatientName := subject",
+                                  'reject if Modality = "CT"\nPatientID := "{project}_{subject}"'])
+def test_in_place_the_header_is_read_once_with_anonymize_files_outcome(tmp_path, name, text):
+    script = parse_script(text)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    by_file, in_place = copy_testfile(tmp_path / "a", name), copy_testfile(tmp_path / "b", name)
+    outcomes = []
+    for run in (lambda: (anonymize_file(by_file, script, VARIABLES, SECRET),
+                         dicomio.read_dicom(by_file)),
+                lambda: anonymize_in_place(in_place, script, VARIABLES, SECRET)):
+        try:
+            outcomes.append(run())
+        except ScriptRejected as exc:
+            outcomes.append(exc.reason)
+        except dicomio.NotDicom as exc:  # no study UID: the build never keeps such a file
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
+    assert by_file.read_bytes() == in_place.read_bytes()
 
 
 def test_applying_a_script_twice_changes_nothing_more(tmp_path):

@@ -2,7 +2,7 @@
 
 The site script runs when a prearchive session is built, before it is READY;
 a project's script runs when a session is archived into the project. Each
-file is rewritten atomically (imaging.anonymize.anonymize_file); a file a
+file is rewritten atomically (imaging.anonymize.anonymize_in_place); a file a
 script rejects is moved to quarantine with the reason. Scripts mark the
 files they changed, so a job that runs twice changes nothing more.
 """
@@ -22,7 +22,7 @@ from imaging.anonymize import (
     DEFAULT_SITE_SCRIPT,
     Script,
     ScriptRejected,
-    anonymize_file,
+    anonymize_in_place,
     apply_script,
     parse_script,
 )
@@ -139,11 +139,11 @@ def anonymize_record(script: Script, record: dict, path_of, labels: dict | None 
             if done is None:
                 path = path_of(scan, entry)
                 try:
-                    done = Prepared(changed=bool(anonymize_file(path, script, values, key)))
+                    changes, info = anonymize_in_place(path, script, values, key)
                 except ScriptRejected as exc:
                     done = Prepared(rejected=exc.reason)
                 else:
-                    done.info = dicomio.read_dicom(path)
+                    done = Prepared(changed=bool(changes), info=info)
             if done.rejected is not None:
                 rejected.append((scan, entry, path_of(scan, entry), done.rejected))
                 continue
