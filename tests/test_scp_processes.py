@@ -24,12 +24,20 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from models import PrearchiveSession, db
+from tests.conftest import make_app
 from tests.dicomgen import make_series, write_files
 from tests.scpnet import send
 from tests.test_faults import ROOT, worker_env
 from tests.test_serve import free_port
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def sqlite_app(tmp_path, redis_url, postgres_url):
+    """An app on SQLite alone, for what does not depend on the database."""
+    with make_app("sqlite", tmp_path, redis_url, postgres_url) as app:
+        yield app
 
 
 def _start(app, port: int, processes: int = 2, **extra) -> subprocess.Popen:
@@ -155,14 +163,14 @@ def test_associations_spread_over_processes_and_each_study_is_one_session(
     assert sum(ps.file_count for ps in rows) == len(sent)
 
 
-def test_killing_the_first_process_stops_the_receivers_and_frees_the_port(app):
+def test_killing_the_first_process_stops_the_receivers_and_frees_the_port(sqlite_app):
     port = free_port()
-    proc = _start(app, port)
+    proc = _start(sqlite_app, port)
     children = [p.pid for p in _receivers(proc)]
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert _wait_gone(children)
-    again = _start(app, port)  # the port is free for the receiver started again
+    again = _start(sqlite_app, port)  # the port is free for the receiver started again
     again.send_signal(signal.SIGTERM)
     again.wait(timeout=60)
 
@@ -184,7 +192,7 @@ if os.environ.get("SCANYARD_SCP_LISTEN_FD"):
 """
 
 
-def test_the_port_opens_once_every_process_is_ready(app, tmp_path):
+def test_the_port_opens_once_every_process_is_ready(sqlite_app, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(_SLOW_SITE)
@@ -192,7 +200,7 @@ def test_the_port_opens_once_every_process_is_ready(app, tmp_path):
     marker.touch()
     path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     port = free_port()
-    proc = _start(app, port, PYTHONPATH=path, SLOW_MARKER=str(marker), SLOW_START="3")
+    proc = _start(sqlite_app, port, PYTHONPATH=path, SLOW_MARKER=str(marker), SLOW_START="3")
     opened = time.time()
     try:
         went_on = marker.with_name("slow.went-on")

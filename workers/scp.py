@@ -144,7 +144,10 @@ def _until_listening(stopping: threading.Event) -> bool:
     stop first."""
     ready = os.environ.pop(READY_FD_ENV, None)
     if ready:  # absent in a process started again once the socket listens
-        os.write(int(ready), b".")
+        try:
+            os.write(int(ready), b".")
+        except OSError:  # `flask scp` is gone: this process gets SIGTERM
+            pass
         os.close(int(ready))
     with socket.socket(fileno=os.dup(int(os.environ[LISTEN_FD_ENV]))) as sock:
         while not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
