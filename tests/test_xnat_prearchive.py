@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from models import ImagingSession, PrearchiveSession, db
 from tests.dicomgen import make_study, zip_bytes
+from workers import prearchive
 
 
 @pytest.fixture
@@ -133,7 +134,18 @@ def test_move_sends_a_session_to_another_projects_prearchive(app, lab):
     assert moved == uri.replace("/projects/p1/", "/projects/p2/")
     assert call("GET", moved).status_code == 200
     back = call("POST", moved + "?action=move&newProject=p1")
-    assert back.get_data(as_text=True).strip() == uri
+    assert back.get_data(as_text=True).strip() == uri, (back.status_code, _row_of(app, uri))
+
+
+def _row_of(app, uri: str) -> dict:
+    """The prearchive row of a session and its record's last log lines (to
+    tell why a job left it where it was)."""
+    with app.app_context():
+        ps = db.session.scalar(select(PrearchiveSession).filter_by(
+            folder=uri.rsplit("/", 1)[1]))
+        record = prearchive.load_record(ps) if ps is not None else {}
+        return {"status": ps and ps.status, "project": ps and ps.project,
+                "log": record.get("log", [])[-3:], "message": record.get("message")}
 
 
 def test_build_and_rebuild_read_the_folder_again(app, lab):
