@@ -1,6 +1,9 @@
 """Files written to survive a crash, and written out while they arrive."""
 
+import errno
 import os
+
+import pytest
 
 from imaging import storage
 
@@ -30,3 +33,17 @@ def test_writing_behind_sends_each_step_to_disk_as_it_is_written(tmp_path):
         fh.write(b"x" * 2)
         if fh._range is not None:  # Linux: the first 1,001 bytes are on their way
             assert fh._sent == 1001
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_nothing_beside_it(tmp_path, monkeypatch):
+    path = tmp_path / "record.json"
+    path.write_bytes(b"old")
+
+    def disk_full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        storage.write_atomic(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
