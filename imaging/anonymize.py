@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -62,7 +61,7 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 
 from imaging import deid_actions as actions
-from imaging import dicomio, dicomwrite
+from imaging import dicomio, dicomwrite, storage
 from imaging.anonymize_parse import (
     VARIABLES,
     Profile,
@@ -75,7 +74,6 @@ from imaging.anonymize_parse import (
     tag_text,
 )
 from imaging.deid_profile import BASIC_PROFILE_CODE, OPTIONS, apply_profile, build_table
-from imaging.storage import fsync_dir
 
 __all__ = [
     "DEFAULT_SITE_SCRIPT", "VARIABLES", "Script", "ScriptError", "ScriptRejected",
@@ -353,7 +351,7 @@ def anonymize_file(path, script: Script, variables: dict, secret: bytes,
     path = Path(path)
     changes, data, _ = anonymize_bytes(path.read_bytes(), script, variables, secret, uid_prefix)
     if changes:
-        _replace(path, data)
+        storage.write_atomic(path, data, make_parents=False)
     return changes
 
 
@@ -382,23 +380,8 @@ def anonymize_in_place(path, script: Script, variables: dict, secret: bytes,
     changes, new, changed = done
     if new is None:
         return changes, dicomio.with_digests(info, data)
-    _replace(path, new)
+    storage.write_atomic(path, new, make_parents=False)
     return changes, dicomio.changed_info(info, ds, new, changed)
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Replace the file at `path` with `data`: a crash leaves the one or the other."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.anon")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def anonymize_bytes(data: bytes, script: Script, variables: dict, secret: bytes,

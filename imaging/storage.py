@@ -132,10 +132,15 @@ class WriteBehind:
         return getattr(self._file, name)
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write bytes to path so that a crash leaves the old file or the new one."""
+def write_atomic(path: str | Path, data: bytes, make_parents: bool = True) -> None:
+    """Write bytes to path so that a crash leaves the old file or the new one.
+
+    With make_parents False a missing folder is an error (FileNotFoundError),
+    for a rewrite whose folder may have been moved away meanwhile.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:

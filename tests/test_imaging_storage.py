@@ -47,3 +47,12 @@ def test_a_write_that_fails_leaves_the_old_file_and_nothing_beside_it(tmp_path, 
         storage.write_atomic(path, b"new")
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_a_rewrite_whose_folder_was_moved_away_does_not_make_it_again(tmp_path):
+    gone = tmp_path / "session" / "scan" / "1.dcm"
+    with pytest.raises(FileNotFoundError):
+        storage.write_atomic(gone, b"new", make_parents=False)
+    assert list(tmp_path.iterdir()) == []
+    storage.write_atomic(gone, b"new")
+    assert gone.read_bytes() == b"new"
