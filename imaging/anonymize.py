@@ -360,28 +360,48 @@ def anonymize_in_place(path, script: Script, variables: dict, secret: bytes,
     """Do what anonymize_file does; return the changes and what read_dicom
     reads from the file after them.
 
-    The file is read and its header parsed once (anonymize_header, whose new
-    values give the info); a file that way cannot write goes through
-    anonymize_file and is read again.
+    The file is read and its header parsed once (see anonymize_read); a
+    file too large to hold in memory, or one read_header refuses, goes
+    through anonymize_file and is read again.
     """
     path = Path(path)
-    done = None
+    header = None
     if path.stat().st_size <= dicomio.WHOLE_READ_LIMIT:
         data = path.read_bytes()
         try:
-            info, ds, pixels = dicomio.read_header(data)
+            header = dicomio.read_header(data)
         except dicomio.NotDicom:
             pass
-        else:
-            done = anonymize_header(ds, data, pixels, script, variables, secret, uid_prefix)
-    if done is None:
+    if header is None:
         changes = anonymize_file(path, script, variables, secret, uid_prefix)
         return changes, dicomio.read_dicom(path)
-    changes, new, changed = done
+    info, ds, pixels = header
+    changes, new, new_info = anonymize_read(info, ds, pixels, data, script, variables,
+                                            secret, uid_prefix)
     if new is None:
         return changes, dicomio.with_digests(info, data)
     storage.write_atomic(path, new, make_parents=False)
-    return changes, dicomio.changed_info(info, ds, new, changed)
+    return changes, new_info
+
+
+def anonymize_read(info: dicomio.DicomInfo, ds: Dataset, pixels: tuple[int, int], data: bytes,
+                   script: Script, variables: dict, secret: bytes,
+                   uid_prefix: str | None = None):
+    """Apply `script` to a file's bytes whose header dicomio.read_header read
+    (info, ds, pixels); return (changes, the new bytes or None when nothing
+    changed, their DicomInfo or None).
+
+    The header is rewritten as anonymize_header does; a file it cannot
+    write that way is parsed whole (anonymize_bytes). Raises ScriptRejected
+    as apply_script does.
+    """
+    done = anonymize_header(ds, data, pixels, script, variables, secret, uid_prefix)
+    if done is not None:
+        changes, new, changed = done
+        return changes, new, None if new is None else dicomio.changed_info(info, ds, new, changed)
+    whole = anonymize_bytes(data, script, variables, secret, uid_prefix)
+    return (whole.changes, whole.data,
+            None if whole.data is None else dicomio.info_of(whole.dataset, whole.data))
 
 
 def anonymize_bytes(data: bytes, script: Script, variables: dict, secret: bytes,

@@ -21,8 +21,7 @@ from sqlalchemy import select
 from imaging import dicomio, labels, routing
 from imaging.anonymize import (
     ScriptRejected,
-    anonymize_bytes,
-    anonymize_header,
+    anonymize_read,
     variable_texts,
 )
 from imaging.extract import write_file
@@ -95,7 +94,8 @@ class BatchScript:
         outcome = {"script": self.digest, "variables": values}
         new = None
         try:
-            new, new_info = self._run(info, ds, pixels, data, values)
+            _changes, new, new_info = anonymize_read(info, ds, pixels, data, self.script,
+                                                     values, self.secret)
             if new is not None:
                 if in_place:
                     write_file(path, new, name)
@@ -117,19 +117,6 @@ class BatchScript:
                                    dataset_sha256=new_info.dataset_sha256).to_json()
         outcome["info"] = {k: v for k, v in new_info.to_json().items() if v != read[k]}
         return {"name": name, "info": read, KEY: outcome}
-
-    def _run(self, info, ds, pixels, data: bytes, values: dict):
-        """Return (new bytes, their DicomInfo), or (None, None) when nothing changed."""
-        done = anonymize_header(ds, data, pixels, self.script, values, self.secret)
-        if done is not None:
-            _changes, new, changed = done
-            return (None, None) if new is None else (new, dicomio.changed_info(
-                info, ds, new, changed))
-        whole = anonymize_bytes(data, self.script, values, self.secret)
-        if whole.data is None:
-            return None, None
-        return whole.data, dicomio.info_of(whole.dataset, whole.data)
-
 
 def written(result: dict | None) -> bool:
     """Return True when read() wrote the file of `result` (rewritten) in place."""
