@@ -117,6 +117,13 @@ def app(request, tmp_path, redis_url, postgres_url):
         yield app
 
 
+@pytest.fixture
+def sqlite_app(tmp_path, redis_url, postgres_url):
+    """An app on SQLite alone, for what does not depend on the database."""
+    with make_app("sqlite", tmp_path, redis_url, postgres_url) as app:
+        yield app
+
+
 PASSWORD = "correct horse battery"
 
 
@@ -171,13 +178,13 @@ def runner(app):
 def jobs_runner(app):
     """Return a function that runs a real RQ worker (in this process) until the
     queue is empty."""
-    from rq import SimpleWorker
+    from workers.runner import ThreadWorker
 
     def run():
         with app.app_context():
             from workers.queue import get_queue, get_redis
 
-            worker = SimpleWorker([get_queue()], connection=get_redis())
+            worker = ThreadWorker([get_queue()], connection=get_redis())
             worker.work(burst=True, logging_level="WARNING")
     return run
 

@@ -24,20 +24,12 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from models import PrearchiveSession, db
-from tests.conftest import make_app
 from tests.dicomgen import make_series, write_files
 from tests.scpnet import send
 from tests.test_faults import ROOT, worker_env
 from tests.test_serve import free_port
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sqlite_app(tmp_path, redis_url, postgres_url):
-    """An app on SQLite alone, for what does not depend on the database."""
-    with make_app("sqlite", tmp_path, redis_url, postgres_url) as app:
-        yield app
 
 
 def _start(app, port: int, processes: int = 2, **extra) -> subprocess.Popen:

@@ -155,9 +155,8 @@ def test_a_script_changed_while_an_upload_is_read_runs_alone_on_the_original(
         app, client, run_jobs, make_project):
     """The batches rewrote the files with the script of the time; the finishing
     job finds another: each file gets the new one, from the original."""
-    from rq import SimpleWorker
-
     from workers.queue import get_queue, get_redis
+    from workers.runner import ThreadWorker
 
     make_project("study1")
     set_script(app, anonymization.SITE, "PatientName := subject\nPatientID := \"OLD\"")
@@ -165,7 +164,7 @@ def test_a_script_changed_while_an_upload_is_read_runs_alone_on_the_original(
                              patient_id="MRN123")
     upload_id = upload(client, files)
     with app.app_context():
-        worker = SimpleWorker([get_queue()], connection=get_redis())
+        worker = ThreadWorker([get_queue()], connection=get_redis())
         worker.work(burst=True, max_jobs=2, logging_level="WARNING")  # extract, one batch
     assert client.get(f"/api/uploads/{upload_id}").get_json()["status"] != "DONE"
     set_script(app, anonymization.SITE, "PatientComments := \"NEW\"")

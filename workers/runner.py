@@ -10,11 +10,33 @@ from rq.timeouts import TimerDeathPenalty
 
 from workers.queue import get_queue, get_redis
 
+# How long the thread that reads a worker's commands waits for one at a time.
+COMMAND_WAIT_SECONDS = 1
+
+
+class ForkingWorker(Worker):
+    """RQ's worker (each job in a forked work horse), quick to stop.
+
+    RQ's worker reads commands (shutdown, kill the work horse) from a Redis
+    channel in a thread that waits up to 60 s for each. On its way out the
+    worker unsubscribes, then stops that thread; when the unsubscribe's
+    reply arrives in between, the thread starts another wait and the exit
+    waits for it (rq/rq#1613): a minute, under load. Here the thread wakes
+    every COMMAND_WAIT_SECONDS.
+    """
+
+    def subscribe(self):
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=COMMAND_WAIT_SECONDS, daemon=True,
+            exception_handler=self._pubsub_exception_handler)
+
 
 def run_worker(burst: bool = False) -> bool:
     """Work on Scanyard's queue until stopped (or until it is empty with burst)."""
     queue = get_queue()
-    worker = Worker([queue], connection=get_redis(), log_job_description=False)
+    worker = ForkingWorker([queue], connection=get_redis(), log_job_description=False)
     current_app.logger.info("worker %s on queue %s", worker.name, queue.name)
     # Each job runs in a forked work horse. Without this, the garbage
     # collector's full passes there walk every object the app loaded (and
@@ -26,11 +48,19 @@ def run_worker(burst: bool = False) -> bool:
 
 class ThreadWorker(SimpleWorker):
     """A SimpleWorker that may run in any thread: no signal handlers (Python
-    only lets the main thread install them) and job timeouts kept by a timer."""
+    only lets the main thread install them) and job timeouts kept by a timer.
+
+    It reads no commands from Redis (RQ's are for worker processes: shutdown,
+    kill the work horse), so a burst opens no channel and starts no thread,
+    and its end never waits for one (see ForkingWorker).
+    """
 
     death_penalty_class = TimerDeathPenalty
 
     def _install_signal_handlers(self):
+        pass
+
+    def subscribe(self):
         pass
 
 
