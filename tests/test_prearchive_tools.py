@@ -79,6 +79,37 @@ def test_moving_a_session_to_another_project_is_a_job_that_survives_a_crash(
     assert result.exit_code == 0, result.output
 
 
+def test_a_moved_session_reads_busy_until_its_move_job_ends(app, client, run_jobs,
+                                                           make_project, monkeypatch):
+    """A request that finds the session idle may queue more work on it at once
+    (a script moving it back, or archiving it); the end of the move job must
+    not overwrite that work's status, so the row reads MOVING to its end."""
+    from imaging import storage
+    from workers import prearchive_tools
+
+    make_project("p1")
+    make_project("p2")
+    send(client, make_series(generate_uid(), 2))
+    run_jobs()
+    (ps,) = sessions(app)
+    seen = []
+    remove_empty_parents = storage.remove_empty_parents
+
+    def watched(path, root):
+        if not db.session().in_transaction():  # committed: what another request reads now
+            with db.engine.connect() as other:
+                seen.append(other.scalar(select(PrearchiveSession.status).filter_by(id=ps.id)))
+        return remove_empty_parents(path, root)
+
+    monkeypatch.setattr(storage, "remove_empty_parents", watched)
+    with app.app_context():
+        prearchive_tools.request_move(db.session.get(PrearchiveSession, ps.id), "p2")
+    run_jobs()
+    assert seen and set(seen) == {"MOVING"}, seen
+    (moved,) = sessions(app)
+    assert (moved.project, moved.status) == ("p2", "READY")
+
+
 def test_a_stuck_session_can_be_reset_only_when_no_job_holds_it(app, client, run_jobs,
                                                                 make_project):
     make_project("p1")

@@ -135,15 +135,19 @@ def update_labels(ps: PrearchiveSession, *, subject, session) -> None:
     index_record(record, ps)
 
 
-def move_to_project(ps: PrearchiveSession, project: str | None) -> None:
-    """Move a session's folder and record to another project's prearchive.
+def move_to_project(ps: PrearchiveSession, project: str | None) -> str:
+    """Move a session's folder and record to another project's prearchive;
+    return the status its record gives it, for when the caller is done.
 
     Crash-safe in this order: the record is written at the new place, the
     folder renamed, the row pointed at the new place (commit), and only then
     the old record removed. Running it again after a crash finishes the move.
+    The row keeps the caller's status (MOVING) meanwhile: one that read READY
+    would let a request queue more work on the session (a move back, an
+    archive) whose status the end of this job would then overwrite.
     """
     if ps.project == project:
-        return
+        return load_record(ps).get("status") or READY
     root = storage.prearchive_root(data_dir())
     old_dir, old_json = session_dir(ps), record_path(ps)
     new_dir = storage.prearchive_session_dir(data_dir(), project, ps.timestamp, ps.folder)
@@ -159,10 +163,13 @@ def move_to_project(ps: PrearchiveSession, project: str | None) -> None:
     if old_dir.exists():
         storage.move_into(old_dir, new_dir)
         storage.remove_empty_parents(old_dir.parent, root)
+    status = ps.status
     index_record(record, ps)
+    settled, ps.status = ps.status, status
     db.session.commit()
     old_json.unlink(missing_ok=True)
     storage.remove_empty_parents(old_json.parent, root)
+    return settled
 
 
 def load_record_at(project: str | None, ps: PrearchiveSession) -> dict:

@@ -55,8 +55,7 @@ def move_session(prearchive_id: int, project: str | None) -> None:
         return
     ps.status = MOVING
     db.session.commit()
-    prearchive.move_to_project(ps, project)
-    _back(ps, READY)
+    _back(ps, prearchive.move_to_project(ps, project))
 
 
 def request_merge(source: PrearchiveSession, target: PrearchiveSession) -> None:
@@ -202,7 +201,6 @@ def _back(ps: PrearchiveSession, status: str) -> None:
     ps.status = status
     ps.job_id = None
     db.session.commit()
-
 
 
 def requeue(ps: PrearchiveSession):
