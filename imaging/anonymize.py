@@ -77,8 +77,8 @@ from imaging.deid_profile import BASIC_PROFILE_CODE, OPTIONS, apply_profile, bui
 
 __all__ = [
     "DEFAULT_SITE_SCRIPT", "VARIABLES", "Script", "ScriptError", "ScriptRejected",
-    "anonymize_bytes", "anonymize_file", "anonymize_header", "anonymize_in_place", "apply_script",
-    "parse_script",
+    "anonymize_bytes", "anonymize_file", "anonymize_header", "anonymize_in_place",
+    "anonymize_read", "apply_script", "parse_script",
 ]
 
 DEFAULT_SITE_SCRIPT = """\

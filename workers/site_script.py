@@ -118,6 +118,7 @@ class BatchScript:
         outcome["info"] = {k: v for k, v in new_info.to_json().items() if v != read[k]}
         return {"name": name, "info": read, KEY: outcome}
 
+
 def written(result: dict | None) -> bool:
     """Return True when read() wrote the file of `result` (rewritten) in place."""
     return bool(result and result.get(KEY, {}).get("in_place"))
