@@ -214,7 +214,7 @@ def _placeholder(out_png, size: int, reason: str, result: dict) -> dict:
 
 
 def _save(image: Image.Image, out_png) -> None:
-    # zlib's default level: Pillow's optimize=True took ten times as long
+    # zlib's default level: Pillow's optimize=True took up to ten times as long
     # (0.2 s for a 512-pixel snapshot) for files 6% smaller.
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
