@@ -8,10 +8,12 @@ second copy: the job later renames the files, it never copies them.
 """
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 from flask import Request, current_app, request
+from werkzeug.formparser import FormDataParser
 from werkzeug.utils import secure_filename
 
 from imaging import storage
@@ -41,8 +43,41 @@ def _unique_path(folder: Path, filename: str | None) -> Path:
     return path
 
 
+class _RawReader(io.RawIOBase):
+    """A request's input stream as raw I/O, for io.BufferedReader."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+class BufferedFormParser(FormDataParser):
+    """Werkzeug's form parser, fed from a 1 MB read buffer.
+
+    Werkzeug reads a multipart body 64 KB at a time. gunicorn's body reader
+    receives up to 1 MB at once and, for each 64 KB it hands out, copies all
+    it holds: for a 190 MB zip that copying took a third of the web
+    process's time. A 1 MB buffer in between asks the server for 1 MB at a
+    time and hands out the 64 KB pieces without copying the rest.
+    """
+
+    def _parse_multipart(self, stream, mimetype, content_length, options):
+        buffered = io.BufferedReader(_RawReader(stream), CHUNK)
+        _, form, files = super()._parse_multipart(buffered, mimetype, content_length, options)
+        return stream, form, files
+
+
 class StreamingRequest(Request):
     """A request whose uploaded files are written into the data folder."""
+
+    form_data_parser_class = BufferedFormParser
 
     def _get_file_stream(self, total_content_length, content_type, filename=None,
                          content_length=None):

@@ -1,0 +1,53 @@
+"""Multipart bodies read through the request's 1 MB buffer, as gunicorn hands them over."""
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+from flask import request
+from werkzeug.test import EnvironBuilder
+
+from blueprints import streaming
+
+
+class ServerBody:
+    """A request body as gunicorn gives it: read() only, and every size asked noted."""
+
+    def __init__(self, data: bytes):
+        self._data, self.asked = io.BytesIO(data), []
+
+    def read(self, size=-1):
+        self.asked.append(size)
+        return self._data.read(size)
+
+
+def parse(app, payload: bytes, fields: dict[str, str]):
+    """Parse a form of `fields` and a file `payload` in `app`; return (form, file bytes, body)."""
+    environ = EnvironBuilder(method="POST", data={
+        **fields, "file": (io.BytesIO(payload), "scan.zip")}).get_environ()
+    body = ServerBody(environ["wsgi.input"].read())
+    environ.update({"wsgi.input": body, "wsgi.input_terminated": True})
+    with app.request_context(environ):
+        form, stored = dict(request.form), request.files["file"]
+        path = streaming.stored_path(stored)
+        return form, path.read_bytes(), body
+
+
+@pytest.mark.parametrize("extra", [-300, -1, 0, 1, 300])
+def test_a_file_ending_at_a_buffer_edge_is_read_whole(sqlite_app, extra):
+    # The closing boundary falls across the first 1 MB buffer's end.
+    payload = os.urandom(streaming.CHUNK - 250 + extra)
+    form, stored, _ = parse(sqlite_app, payload, {"project": "P1"})
+    assert stored == payload
+    assert form == {"project": "P1"}
+
+
+def test_the_body_is_read_a_megabyte_at_a_time(sqlite_app):
+    payload = os.urandom(3 * streaming.CHUNK + 12345)
+    form, stored, body = parse(sqlite_app, payload, {"project": "P1", "subject": "S1"})
+    assert stored == payload
+    assert form == {"project": "P1", "subject": "S1"}
+    # Werkzeug alone asks for 64 KB at a time (49 reads here).
+    assert len(body.asked) <= 6
+    assert min(body.asked) > streaming.CHUNK // 2, body.asked
