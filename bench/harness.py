@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def room_to_keep(folder: Path, needed: int) -> bool:
+    """Whether the disk of `folder` holds `needed` more bytes and 2 GB to spare.
+
+    The benchmarks keep what each run writes until they end, when there is
+    room: on ext4 without a journal (as on this kind of machine) a file
+    created in the minute after thousands were deleted (six, until they
+    are written back) costs up to ten times more: the kernel skips the
+    inodes freed in that time one by one. Each run would pay for the
+    cleanup of the run before it.
+    """
+    if shutil.disk_usage(folder).free > needed + (2 << 30):
+        return True
+    print("  (short of disk space: each run's files are removed as it ends, and the next "
+          "run\n  creates its files among freshly freed inodes, which may slow it)")
+    return False
 
 
 @contextlib.contextmanager

@@ -22,6 +22,8 @@ writes what it read into a JSON file per batch, then renames the file into
 the prearchive; it flushes each batch's files with one syncfs, and fsyncs
 folders and its JSON files.
 It repeats the upload --rounds times, each between two runs of the bare loop.
+What the bare loops write stays until the end when the disk has room
+(harness.room_to_keep says why).
 Since absolute times on shared machines vary by 2x from run to run, the
 figure that counts is Scanyard's rate as a ratio of the bare loop's.
 """
@@ -42,7 +44,15 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from harness import Client, MemorySampler, Server, job_times, largest_jobs, postgres_database
+from harness import (
+    Client,
+    MemorySampler,
+    Server,
+    job_times,
+    largest_jobs,
+    postgres_database,
+    room_to_keep,
+)
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -89,10 +99,11 @@ def make_zip(count: int, series: int, size: int) -> Path:
     return path
 
 
-def bare_loop(zip_path: Path, out: Path) -> tuple[float, float, int, float]:
+def bare_loop(zip_path: Path, out: Path, keep: bool = True) -> tuple[float, float, int, float]:
     """Return (seconds, CPU seconds, files, kernel CPU seconds) of
-    unzip -> read header -> sha256 -> write."""
-    out.mkdir(parents=True, exist_ok=True)
+    unzip -> read header -> sha256 -> write, into the new folder `out`
+    (removed at once unless `keep`)."""
+    out.mkdir(parents=True)
     files, start, before = 0, time.perf_counter(), os.times()
     with zipfile.ZipFile(zip_path) as zf:
         for info in zf.infolist():
@@ -106,7 +117,8 @@ def bare_loop(zip_path: Path, out: Path) -> tuple[float, float, int, float]:
                 fh.write(data)
             files += 1
     seconds, after = time.perf_counter() - start, os.times()
-    shutil.rmtree(out)
+    if not keep:
+        shutil.rmtree(out)
     return (seconds, after.user + after.system - before.user - before.system, files,
             after.system - before.system)
 
@@ -116,7 +128,11 @@ def bare_loop(zip_path: Path, out: Path) -> tuple[float, float, int, float]:
 def run(args, tmp: Path, database_url: str) -> dict:
     """Upload the zip `args.rounds` times, with the bare loop before, between and after."""
     zip_path = make_zip(args.count, args.series, args.size)
-    bare = [bare_loop(zip_path, tmp / "bare")]
+    with zipfile.ZipFile(zip_path) as zf:
+        unpacked = sum(i.file_size for i in zf.infolist())
+    # The bare loops' files, and as much again for the archived rounds.
+    keep = room_to_keep(tmp, 2 * (args.rounds + 1) * unpacked)
+    bare = [bare_loop(zip_path, tmp / "bare0", keep)]
     server, rounds = Server(tmp, database_url, args), []
     try:
         server.start()
@@ -128,7 +144,7 @@ def run(args, tmp: Path, database_url: str) -> dict:
             client.post_form("/admin/anonymization", {"text": DEFAULT_SITE_SCRIPT})
         for n in range(args.rounds):
             rounds.append(one_round(args, client, sampler, zip_path, f"BENCH{n + 1}", bare[0][2]))
-            bare.append(bare_loop(zip_path, tmp / "bare"))
+            bare.append(bare_loop(zip_path, tmp / f"bare{n + 1}", keep))
         sampler.stopping.set()
         sampler.join()
         jobs = job_times(server.redis_url(), server.queue, args.timeline)

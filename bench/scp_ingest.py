@@ -147,9 +147,9 @@ def send(port: int, folders: list[Path], called: str) -> float:
     return time.perf_counter() - start
 
 
-def settle_disk() -> None:
+def settle_disk(seconds: float = 2) -> None:
     os.sync()
-    time.sleep(2)
+    time.sleep(seconds)
 
 
 class Scanyard:
