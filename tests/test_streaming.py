@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import pytest
 from flask import request
+from sqlalchemy import func, select
 from werkzeug.test import EnvironBuilder
 
 from blueprints import streaming
+from models import Upload, db
 
 
 class ServerBody:
@@ -51,3 +54,23 @@ def test_the_body_is_read_a_megabyte_at_a_time(sqlite_app):
     # Werkzeug alone asks for 64 KB at a time (49 reads here).
     assert len(body.asked) <= 6
     assert min(body.asked) > streaming.CHUNK // 2, body.asked
+
+
+def test_an_upload_whose_body_ends_early_is_refused_and_leaves_nothing(app, client,
+                                                                       make_project):
+    # The browser closed mid-upload: the server reads less than Content-Length.
+    make_project("study1")
+    environ = EnvironBuilder(method="POST", data={
+        "project": "study1", "date_unknown": "1",
+        "file": (io.BytesIO(os.urandom(3 * streaming.CHUNK)), "study.zip")}).get_environ()
+    whole = environ["wsgi.input"].read()
+    body = ServerBody(whole[:len(whole) // 2])
+    res = client.post("/upload", headers={"Accept": "application/json"}, environ_overrides={
+        "wsgi.input": body, "wsgi.input_terminated": True,
+        "CONTENT_LENGTH": str(len(whole)), "CONTENT_TYPE": environ["CONTENT_TYPE"]})
+    assert res.status_code == 400
+    assert res.get_json()["error"]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Upload)) == 0
+    uploads = Path(app.config["DATA_DIR"]) / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
