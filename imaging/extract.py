@@ -439,10 +439,11 @@ def _read(source, kind: str, member: Member) -> bytes:
     return data
 
 
-def write_file(target: pathlib.Path, data: bytes, name: str) -> None:
+def write_file(target: pathlib.Path, data: bytes, name: str, made: set | None = None) -> None:
     """Write `data` to `target` (the path unpack_members gave the member
-    `name`), as _write would."""
-    with os.fdopen(_create(target, name), "wb") as out:
+    `name`), as _write would; `made` holds the folders known to exist (and
+    gets those made here), so that a batch makes each folder once."""
+    with os.fdopen(_create(target, name, made), "wb") as out:
         out.write(data)
 
 

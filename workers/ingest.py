@@ -164,7 +164,7 @@ def read_batch(upload_id: str, batch_no: int, indexes: list[int]) -> None:
         crash_point("read_batch")
         result = script.read(member.name, path, data, in_place=in_place)
         if in_place and data is not None and not site_script.written(result):
-            write_file(path, data, member.name)
+            write_file(path, data, member.name, script.made)
         results.append(result or ingest_formats.read_member(member.name, path, data))
     # The files on disk before the batch's result says they are read: the
     # upload is deleted once they are in the prearchive (renames, fsynced).

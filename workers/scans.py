@@ -104,14 +104,14 @@ def move_files(moves, source_of, report: Report) -> None:
     """Rename each file into its prearchive folder; a second run skips what is done."""
     dirs = set()
     for name, target in moves:
-        src = source_of(name)
-        if target.exists() and not src.exists():
-            report.stored += 1
-            continue
         if target.parent not in dirs:
             target.parent.mkdir(parents=True, exist_ok=True)
             dirs.add(target.parent)
-        os.replace(src, target)
+        try:
+            os.replace(source_of(name), target)
+        except FileNotFoundError:
+            if not target.exists():
+                raise
         report.stored += 1
     for d in dirs:
         storage.fsync_dir(d)

@@ -49,6 +49,7 @@ class BatchScript:
     def __init__(self, upload, root: Path):
         self.script = anonymization.active_script(anonymization.SITE)
         self.folder = root / FOLDER
+        self.made: set = set()  # the folders this batch has written files in
         if self.script is None:
             return
         self.digest = digest(self.script.text)
@@ -98,7 +99,7 @@ class BatchScript:
                                                      values, self.secret)
             if new is not None:
                 if in_place:
-                    write_file(path, new, name)
+                    write_file(path, new, name, self.made)
                     outcome["in_place"] = True
                 else:
                     target = self.folder / name
