@@ -23,7 +23,8 @@ the prearchive; it flushes each batch's files with one syncfs, and fsyncs
 folders and its JSON files.
 It repeats the upload --rounds times, each between two runs of the bare loop.
 What the bare loops write stays until the end when the disk has room
-(harness.room_to_keep says why).
+(harness.room_to_keep says why), flushed to the disk (untimed) before the
+next upload, whose batches would otherwise wait for it.
 Since absolute times on shared machines vary by 2x from run to run, the
 figure that counts is Scanyard's rate as a ratio of the bare loop's.
 """
@@ -119,6 +120,9 @@ def bare_loop(zip_path: Path, out: Path, keep: bool = True) -> tuple[float, floa
     seconds, after = time.perf_counter() - start, os.times()
     if not keep:
         shutil.rmtree(out)
+    # Untimed: written back later, its files would be a batch's to wait for
+    # (a batch's syncfs flushes all the filesystem holds, not its own files).
+    os.sync()
     return (seconds, after.user + after.system - before.user - before.system, files,
             after.system - before.system)
 
