@@ -128,16 +128,27 @@ class DicomInfo:
     @classmethod
     def from_json(cls, data: dict) -> "DicomInfo":
         """Return the DicomInfo that to_json() wrote; unknown keys are ignored."""
-        values = {name: data.get(name) for name in _NAMES}
-        for name in _SAME_IN_A_SERIES:  # kept once for the many files of an upload
-            if isinstance(values[name], str):
-                values[name] = sys.intern(values[name])
-        if values["study_date"]:
-            values["study_date"] = datetime.date.fromisoformat(values["study_date"])
-        return cls(**values)
+        return cls(**_from_json({name: data.get(name) for name in _NAMES}))
+
+    def updated(self, changes: dict) -> "DicomInfo":
+        """Return this DicomInfo with `changes`, values as to_json() writes
+        them (unknown keys ignored): from_json({**to_json(), **changes})."""
+        return dataclasses.replace(
+            self, **_from_json({k: v for k, v in changes.items() if k in _NAME_SET}))
 
 
 _NAMES = tuple(f.name for f in dataclasses.fields(DicomInfo))
+_NAME_SET = frozenset(_NAMES)
+
+
+def _from_json(values: dict) -> dict:
+    """Turn DicomInfo values as to_json() writes them into the fields' own."""
+    for name in _SAME_IN_A_SERIES:  # kept once for the many files of an upload
+        if isinstance(values.get(name), str):
+            values[name] = sys.intern(values[name])
+    if values.get("study_date"):
+        values["study_date"] = datetime.date.fromisoformat(values["study_date"])
+    return values
 
 
 def has_dicm(data: bytes) -> bool:

@@ -71,6 +71,14 @@ def test_hashes_cover_the_whole_file_and_the_dataset_after_the_meta():
     assert info.dataset_sha256 == sha256(data[info.meta_length :])
 
 
+@pytest.mark.parametrize("changes", [
+    {}, {"patient_name": "S01", "file_sha256": "0" * 64},
+    {"study_date": "2024-02-29", "series_number": 7}, {"study_date": None, "unknown": 1}])
+def test_updated_applies_changes_written_as_to_json_writes_them(changes):
+    info = read_dicom(get_testdata_file("MR_small.dcm"))
+    assert info.updated(changes) == DicomInfo.from_json({**info.to_json(), **changes})
+
+
 def test_a_ct_file_is_read():
     info = read_dicom(CT)
     assert info.modality == "CT"

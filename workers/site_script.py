@@ -182,7 +182,7 @@ def outcomes(found: dict[str, tuple], good, script, root: Path):
             return anonymization.Prepared(rejected=rejected), None
         if diff is None:
             return anonymization.Prepared(info=infos[name]), None
-        info = dicomio.DicomInfo.from_json({**infos[name].to_json(), **diff})
+        info = infos[name].updated(diff)
         # Rewritten in place: the file is where the upload's files are.
         return anonymization.Prepared(changed=True, info=info), \
             None if in_place else root / FOLDER / name
