@@ -7,6 +7,7 @@ import datetime as dt
 import errno
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -88,7 +89,51 @@ def test_multi_series_study_in_one_association_becomes_one_ready_session_with_it
         assert (log.calling_ae, log.called_ae, log.instances, log.outcome) == (
             "TESTSCU", "SCANYARD", 12, "released")
         assert log.bytes > 12 * 1000 and log.ended is not None
-    assert scp_module._streams == [0]  # the ended association no longer polls fast
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_an_association_leaves_no_wake_pipe_open_when_it_ends(app, scp, tmp_path):
+    _uid, paths = study_files(tmp_path, series=1, per_series=3)
+    send(scp.port, paths)  # opens pynetdicom's modules and the database first
+    before = _open_fds()
+    assert send(scp.port, paths) == [0] * 3
+    deadline = time.monotonic() + 5
+    while _open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _open_fds() <= before
+
+
+def test_a_dul_reactor_wakes_for_a_pdu_or_a_response_at_once():
+    import queue
+    import socket
+    from types import SimpleNamespace
+
+    ours, theirs = socket.socketpair()
+    dul = SimpleNamespace(socket=SimpleNamespace(socket=ours), to_provider_queue=queue.Queue())
+    wake = scp_module._Wake(dul)
+    try:
+        started = time.monotonic()
+        assert wake.wait(0.05) and time.monotonic() - started >= 0.04  # nothing: the timeout
+
+        def later(action):
+            threading.Timer(0.1, action).start()
+            started = time.monotonic()
+            assert wake.wait(10)
+            return time.monotonic() - started
+
+        assert later(lambda: dul.to_provider_queue.put("response")) < 5
+        assert dul.to_provider_queue.get_nowait() == "response"
+        assert later(lambda: theirs.sendall(b"PDU")) < 5
+        assert ours.recv(3) == b"PDU"
+    finally:
+        wake.close()
+        ours.close()
+        theirs.close()
+    assert wake.wait(0.01) is False  # closed: the reactor sleeps as pynetdicom's does
 
 
 @needs_storescu

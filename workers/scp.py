@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -54,13 +55,8 @@ MAX_ASSOCIATIONS = 32
 # (the most DCMTK's and Orthanc's settings allow) two, and the receiver took
 # 11-14% more instances a second on one association.
 MAX_PDU = 131072
-# pynetdicom waits for work by sleeping 1 ms at a time (see _ReactorClock).
-HOT_POLL = 0.0001
-HOT_FOR = 0.05
-# More streaming associations than this keep the CPU busy without it (per
-# process: `serve` runs SCANYARD_SCP_PROCESSES receivers on one socket).
-HOT_MAX_STREAMS = max(1, (os.cpu_count() or 2) // 2 // int(os.environ.get(
-    "SCANYARD_SCP_PROCESSES", "1") or 1))
+
+
 @dataclass
 class Peer:
     """One association: who called which AE title, and what it sent."""
@@ -76,9 +72,8 @@ class Peer:
     failures: int = 0
     outcome: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
-    hot_until: float = 0.0
-    streaming: bool = False
-    dul: object = None
+    messages: object = None  # the association's queue of decoded requests
+    wake: _Wake | None = None
 
 
 class StoreSCP:
@@ -189,7 +184,7 @@ class StoreSCP:
         peer = self._peers.get(event.assoc)
         data = b""
         try:
-            _quicken(peer, event.assoc)
+            _attach(peer, event.assoc)
             request = event.request
             meta = dicomwrite.file_meta_bytes(
                 request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
@@ -243,7 +238,7 @@ class StoreSCP:
             self._server.connection_closed()
         peer = self._peers.pop(event.assoc, None)
         if peer is not None:
-            _cool(peer)
+            _detach(peer, event.assoc)
             self._log_end(peer)
 
     def _log_start(self, peer: Peer) -> None:
@@ -303,21 +298,18 @@ def build_ae(ae_title: str) -> AE:
     return ae
 
 
-_hot = threading.local()
+_thread = threading.local()  # the association a reactor thread serves
 
 
 class _ReactorClock:
     """The `time` module as pynetdicom's association reactor sees it.
 
     The reactor looks for a decoded request every millisecond, sleeping in
-    between, and the network reactor does the same while waiting for our
-    reply: with a sender that waits for each response, that adds one to two
-    milliseconds to every instance. While a sender is streaming (an
-    instance within the last HOT_FOR seconds), both poll every HOT_POLL
-    seconds instead, unless more than HOT_MAX_STREAMS associations stream
-    at once: then the others' work fills the pauses, and the extra polling
-    would only take the CPU from them. An idle association sleeps as
-    pynetdicom intends.
+    between: with a sender that waits for each response, that adds up to a
+    millisecond to every instance. Once an association has sent an
+    instance, its reactor waits on the queue of decoded requests instead,
+    for at most the same millisecond: it wakes as soon as one arrives, and
+    costs no more CPU than the sleep.
     """
 
     def __init__(self, real):
@@ -327,44 +319,103 @@ class _ReactorClock:
         return getattr(self._real, name)
 
     def sleep(self, seconds: float) -> None:
-        peer = getattr(_hot, "peer", None)
-        if seconds == 0.001 and peer is not None and peer.streaming:
-            if peer.hot_until <= self._real.monotonic():
-                _cool(peer)
-            elif _streams[0] <= HOT_MAX_STREAMS:
-                seconds = HOT_POLL
+        peer = getattr(_thread, "peer", None)
+        messages = peer.messages if peer is not None else None
+        if seconds == 0.001 and messages is not None:
+            with messages.not_empty:
+                if not messages._qsize():
+                    messages.not_empty.wait(seconds)
+            return
         self._real.sleep(seconds)
+
+
+class _DulClock(_ReactorClock):
+    """The `time` module as pynetdicom's DUL reactor sees it.
+
+    The DUL reactor sleeps a millisecond whenever it found nothing to do,
+    both while the sender's next PDU is on its way and while our response
+    waits to be sent. Once an association has sent an instance, its DUL
+    waits for either instead (_Wake), for at most that millisecond.
+    """
+
+    def sleep(self, seconds: float) -> None:
+        wake = getattr(threading.current_thread(), "scanyard_wake", None)
+        if wake is None or not wake.wait(seconds):
+            self._real.sleep(seconds)
+
+
+class _Wake:
+    """What a DUL reactor waits for: data on the association's socket, or a
+    primitive put on its queue to send (which writes a byte to a pipe)."""
+
+    def __init__(self, dul):
+        self._socket = dul.socket.socket
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self.closed = False
+        queue, put = dul.to_provider_queue, dul.to_provider_queue.put
+
+        def put_and_wake(item, block=True, timeout=None):
+            put(item, block, timeout)
+            self.kick()
+
+        queue.put = put_and_wake
+
+    def kick(self) -> None:
+        if self.closed:
+            return
+        try:
+            os.write(self._write, b"\0")
+        except OSError:  # the pipe is full (a wake is due anyway) or closed
+            pass
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to `seconds` for something to do; False when it cannot."""
+        if self.closed:
+            return False
+        try:
+            ready, _, _ = select.select([self._socket, self._read], [], [], seconds)
+            if self._read in ready:
+                os.read(self._read, 4096)
+        except (OSError, ValueError):  # the socket or the pipe was closed meanwhile
+            return False
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        for fd in (self._read, self._write):
+            os.close(fd)
 
 
 def _install_reactor_clock() -> None:
     import pynetdicom.association as association
+    import pynetdicom.dul as dul
 
     if not isinstance(association.time, _ReactorClock):
         association.time = _ReactorClock(time)
+    if not isinstance(dul.time, _DulClock):
+        dul.time = _DulClock(time)
 
 
-_streams = [0]  # associations streaming now
-_streams_lock = threading.Lock()
+def _attach(peer: Peer, assoc) -> None:
+    """Let the association's reactors wait for work rather than poll for it
+    (runs in its reactor thread, at each instance; does its work once)."""
+    if peer.messages is not None:
+        return
+    _thread.peer = peer
+    if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
+        peer.wake = _Wake(assoc.dul)
+        assoc.dul.scanyard_wake = peer.wake
+    peer.messages = assoc.dimse.msg_queue
 
 
-def _quicken(peer: Peer, assoc) -> None:
-    """Mark the association as streaming (runs in its reactor thread)."""
-    _hot.peer = peer
-    peer.hot_until = time.monotonic() + HOT_FOR
-    if not peer.streaming:
-        with _streams_lock:
-            peer.streaming, peer.dul = True, assoc.dul
-            _streams[0] += 1
-    assoc.dul._run_loop_delay = HOT_POLL if _streams[0] <= HOT_MAX_STREAMS else 0.001
-
-
-def _cool(peer: Peer) -> None:
-    """The association stopped streaming, or ended: poll as pynetdicom does."""
-    with _streams_lock:
-        if peer.streaming:
-            peer.streaming = False
-            peer.dul._run_loop_delay = 0.001
-            _streams[0] -= 1
+def _detach(peer: Peer, assoc) -> None:
+    """The association ended: its DUL sleeps as pynetdicom's does."""
+    peer.messages = None
+    if peer.wake is not None:
+        assoc.dul.scanyard_wake = None
+        peer.wake.close()
 
 
 def run_scp(app: Flask, host: str, port: int) -> None:
