@@ -346,7 +346,11 @@ class _DulClock(_ReactorClock):
 
 class _Wake:
     """What a DUL reactor waits for: data on the association's socket, or a
-    primitive put on its queue to send (which writes a byte to a pipe)."""
+    primitive put on its queue to send (which writes a byte to a pipe).
+
+    The pipe is read, written and closed under a lock: once closed, its
+    file numbers may belong to a file another thread is writing.
+    """
 
     def __init__(self, dul):
         self._socket = dul.socket.socket
@@ -354,6 +358,7 @@ class _Wake:
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
         self.closed = False
+        self._lock = threading.Lock()
         queue, put = dul.to_provider_queue, dul.to_provider_queue.put
 
         def put_and_wake(item, block=True, timeout=None):
@@ -363,12 +368,13 @@ class _Wake:
         queue.put = put_and_wake
 
     def kick(self) -> None:
-        if self.closed:
-            return
-        try:
-            os.write(self._write, b"\0")
-        except OSError:  # the pipe is full (a wake is due anyway) or closed
-            pass
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                os.write(self._write, b"\0")
+            except BlockingIOError:  # the pipe is full: a wake is due anyway
+                pass
 
     def wait(self, seconds: float) -> bool:
         """Wait up to `seconds` for something to do; False when it cannot."""
@@ -376,16 +382,25 @@ class _Wake:
             return False
         try:
             ready, _, _ = select.select([self._socket, self._read], [], [], seconds)
-            if self._read in ready:
-                os.read(self._read, 4096)
         except (OSError, ValueError):  # the socket or the pipe was closed meanwhile
             return False
+        if self._read in ready:
+            with self._lock:
+                if self.closed:
+                    return False
+                try:
+                    os.read(self._read, 4096)
+                except BlockingIOError:
+                    pass
         return True
 
     def close(self) -> None:
-        self.closed = True
-        for fd in (self._read, self._write):
-            os.close(fd)
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            for fd in (self._read, self._write):
+                os.close(fd)
 
 
 def _install_reactor_clock() -> None:
