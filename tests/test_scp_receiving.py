@@ -24,8 +24,7 @@ from imaging import dicomio, dicomwrite
 from models import DicomAssociation, PrearchiveSession, Receiver, RoutingRule, db, utcnow
 from tests.dicomgen import make_series, make_study, write_files
 from tests.scpnet import echo, needs_storescu, send, storescu
-from workers import prearchive, receiving
-from workers import scp as scp_module
+from workers import prearchive, receiving, scp_reactors
 from workers.building import session_files
 from workers.scp import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, StoreSCP
 
@@ -114,7 +113,7 @@ def test_a_dul_reactor_wakes_for_a_pdu_or_a_response_at_once():
 
     ours, theirs = socket.socketpair()
     dul = SimpleNamespace(socket=SimpleNamespace(socket=ours), to_provider_queue=queue.Queue())
-    wake = scp_module._Wake(dul)
+    wake = scp_reactors.Wake(dul)
     try:
         started = time.monotonic()
         assert wake.wait(0.05) and time.monotonic() - started >= 0.04  # nothing: the timeout
@@ -134,6 +133,41 @@ def test_a_dul_reactor_wakes_for_a_pdu_or_a_response_at_once():
         ours.close()
         theirs.close()
     assert wake.wait(0.01) is False  # closed: the reactor sleeps as pynetdicom's does
+
+
+def test_a_store_response_is_the_bytes_pynetdicom_would_send():
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    def response(message_id, status, sop_class, instance, **more):
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo, rsp.Status = message_id, status
+        rsp.AffectedSOPClassUID, rsp.AffectedSOPInstanceUID = sop_class, instance
+        for name, value in more.items():
+            setattr(rsp, name, value)
+        return rsp
+
+    def pynetdicom_bytes(rsp):
+        message = C_STORE_RSP()
+        message.primitive_to_message(rsp)
+        return encode(message.command_set, True, True)
+
+    mr, ct = "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.2"
+    for message_id, status, sop_class, instance in [
+            (1, 0x0000, mr, "1.2.3.4"), (65535, 0xB000, ct, "1.2.3.45"),
+            (7, 0xA700, mr, generate_uid()), (300, 0xC211, ct, "1.2")]:
+        rsp = response(message_id, status, sop_class, instance)
+        assert scp_reactors.store_response(rsp) == pynetdicom_bytes(rsp)
+    # Anything more than a plain response is left to pynetdicom.
+    assert scp_reactors.store_response(
+        response(1, 0xC210, mr, "1.2.3", ErrorComment="cannot read")) is None
+    assert scp_reactors.store_response(
+        response(1, 0xC210, mr, "1.2.3", OffendingElement=[0x00100010])) is None
+    assert scp_reactors.store_response(response(None, 0, mr, "1.2.3")) is None
+    request = response(1, 0, mr, "1.2.3")
+    request.MessageIDBeingRespondedTo = None
+    assert scp_reactors.store_response(request) is None
 
 
 @needs_storescu

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 import signal
 import threading
 import time
@@ -29,7 +28,7 @@ from sqlalchemy import update
 
 from imaging import dicomwrite
 from models import DicomAssociation, db, utcnow
-from workers import receivers
+from workers import receivers, scp_reactors
 from workers.receiving import Receiving, Unreadable, build_idle_sessions
 from workers.scp_processes import LISTEN_FD_ENV, SharedSocketServer, run_processes, until_listening
 
@@ -73,7 +72,7 @@ class Peer:
     outcome: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     messages: object = None  # the association's queue of decoded requests
-    wake: _Wake | None = None
+    wake: scp_reactors.Wake | None = None
 
 
 class StoreSCP:
@@ -184,7 +183,7 @@ class StoreSCP:
         peer = self._peers.get(event.assoc)
         data = b""
         try:
-            _attach(peer, event.assoc)
+            scp_reactors.attach(peer, event.assoc)
             request = event.request
             meta = dicomwrite.file_meta_bytes(
                 request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
@@ -238,7 +237,7 @@ class StoreSCP:
             self._server.connection_closed()
         peer = self._peers.pop(event.assoc, None)
         if peer is not None:
-            _detach(peer, event.assoc)
+            scp_reactors.detach(peer, event.assoc)
             self._log_end(peer)
 
     def _log_start(self, peer: Peer) -> None:
@@ -289,148 +288,13 @@ def build_ae(ae_title: str) -> AE:
     # Accept every storage SOP class, standard or private, in the transfer
     # syntax the sender prefers; what pydicom cannot read goes to quarantine.
     pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = True
-    _install_reactor_clock()
+    scp_reactors.install()
     ae = AE(ae_title=ae_title)
     ae.require_called_aet = False  # several AE titles share the port: checked per association
     ae.maximum_associations = MAX_ASSOCIATIONS
     ae.maximum_pdu_size = MAX_PDU
     ae.add_supported_context(Verification)
     return ae
-
-
-_thread = threading.local()  # the association a reactor thread serves
-
-
-class _ReactorClock:
-    """The `time` module as pynetdicom's association reactor sees it.
-
-    The reactor looks for a decoded request every millisecond, sleeping in
-    between: with a sender that waits for each response, that adds up to a
-    millisecond to every instance. Once an association has sent an
-    instance, its reactor waits on the queue of decoded requests instead,
-    for at most the same millisecond: it wakes as soon as one arrives, and
-    costs no more CPU than the sleep.
-    """
-
-    def __init__(self, real):
-        self._real = real
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def sleep(self, seconds: float) -> None:
-        peer = getattr(_thread, "peer", None)
-        messages = peer.messages if peer is not None else None
-        if seconds == 0.001 and messages is not None:
-            with messages.not_empty:
-                if not messages._qsize():
-                    messages.not_empty.wait(seconds)
-            return
-        self._real.sleep(seconds)
-
-
-class _DulClock(_ReactorClock):
-    """The `time` module as pynetdicom's DUL reactor sees it.
-
-    The DUL reactor sleeps a millisecond whenever it found nothing to do,
-    both while the sender's next PDU is on its way and while our response
-    waits to be sent. Once an association has sent an instance, its DUL
-    waits for either instead (_Wake), for at most that millisecond.
-    """
-
-    def sleep(self, seconds: float) -> None:
-        wake = getattr(threading.current_thread(), "scanyard_wake", None)
-        if wake is None or not wake.wait(seconds):
-            self._real.sleep(seconds)
-
-
-class _Wake:
-    """What a DUL reactor waits for: data on the association's socket, or a
-    primitive put on its queue to send (which writes a byte to a pipe).
-
-    The pipe is read, written and closed under a lock: once closed, its
-    file numbers may belong to a file another thread is writing.
-    """
-
-    def __init__(self, dul):
-        self._socket = dul.socket.socket
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
-        self.closed = False
-        self._lock = threading.Lock()
-        queue, put = dul.to_provider_queue, dul.to_provider_queue.put
-
-        def put_and_wake(item, block=True, timeout=None):
-            put(item, block, timeout)
-            self.kick()
-
-        queue.put = put_and_wake
-
-    def kick(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            try:
-                os.write(self._write, b"\0")
-            except BlockingIOError:  # the pipe is full: a wake is due anyway
-                pass
-
-    def wait(self, seconds: float) -> bool:
-        """Wait up to `seconds` for something to do; False when it cannot."""
-        if self.closed:
-            return False
-        try:
-            ready, _, _ = select.select([self._socket, self._read], [], [], seconds)
-        except (OSError, ValueError):  # the socket or the pipe was closed meanwhile
-            return False
-        if self._read in ready:
-            with self._lock:
-                if self.closed:
-                    return False
-                try:
-                    os.read(self._read, 4096)
-                except BlockingIOError:
-                    pass
-        return True
-
-    def close(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            for fd in (self._read, self._write):
-                os.close(fd)
-
-
-def _install_reactor_clock() -> None:
-    import pynetdicom.association as association
-    import pynetdicom.dul as dul
-
-    if not isinstance(association.time, _ReactorClock):
-        association.time = _ReactorClock(time)
-    if not isinstance(dul.time, _DulClock):
-        dul.time = _DulClock(time)
-
-
-def _attach(peer: Peer, assoc) -> None:
-    """Let the association's reactors wait for work rather than poll for it
-    (runs in its reactor thread, at each instance; does its work once)."""
-    if peer.messages is not None:
-        return
-    _thread.peer = peer
-    if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
-        peer.wake = _Wake(assoc.dul)
-        assoc.dul.scanyard_wake = peer.wake
-    peer.messages = assoc.dimse.msg_queue
-
-
-def _detach(peer: Peer, assoc) -> None:
-    """The association ended: its DUL sleeps as pynetdicom's does."""
-    peer.messages = None
-    if peer.wake is not None:
-        assoc.dul.scanyard_wake = None
-        peer.wake.close()
 
 
 def run_scp(app: Flask, host: str, port: int) -> None:
