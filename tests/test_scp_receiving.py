@@ -20,7 +20,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
-from imaging import dicomio, dicomwrite
+from imaging import dicomio, dicomwrite, routing
 from models import DicomAssociation, PrearchiveSession, Receiver, RoutingRule, db, utcnow
 from tests.dicomgen import make_series, make_study, write_files
 from tests.scpnet import echo, needs_storescu, send, storescu
@@ -133,6 +133,24 @@ def test_a_dul_reactor_wakes_for_a_pdu_or_a_response_at_once():
         ours.close()
         theirs.close()
     assert wake.wait(0.01) is False  # closed: the reactor sleeps as pynetdicom's does
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "CT_small.dcm", "MR_small_implicit.dcm",
+                                  "MR_small_bigendian.dcm", "image_dfl.dcm", "SC_rgb_jpeg.dcm",
+                                  "rtplan.dcm"])
+def test_the_routing_header_read_in_the_associations_syntax_is_dcmreads(name):
+    data = open(get_testdata_file(name), "rb").read()
+    syntax = dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID
+    tags = routing.header_tags()
+    offset = dicomio.dataset_offset(data)
+    by_dcmread = receiving.read_header(data, tags)
+    by_syntax = receiving.read_header(data, tags, offset, syntax)
+    fields = ("study_uid", "series_uid", "sop_uid", "series_number", "study_date")
+    assert [getattr(by_syntax, f) for f in fields] == [getattr(by_dcmread, f) for f in fields]
+    for tag in tags:
+        assert receiving._text(by_syntax.dataset, tag) == receiving._text(by_dcmread.dataset, tag)
+    with pytest.raises(receiving.Unreadable):  # cut inside an element's header
+        receiving.read_header(data[:offset + 5], tags, offset, syntax)
 
 
 def test_a_store_response_is_the_bytes_pynetdicom_would_send():

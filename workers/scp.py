@@ -192,7 +192,8 @@ class StoreSCP:
                 source_ae=peer.calling_ae)
             data = meta + request.DataSet.getvalue()
             stored = self.receiving.store(data, len(meta), peer.receiver.project,
-                                          peer.calling_ae, peer.called_ae)
+                                          peer.calling_ae, peer.called_ae,
+                                          syntax=event.context.transfer_syntax)
             peer_count(peer, len(data), stored)
             return SUCCESS
         except Unreadable as exc:
