@@ -1,11 +1,12 @@
 """Filing instances that the DICOM receiver got into RECEIVING prearchive sessions.
 
 ``Receiving.store`` reads the few header values routing needs, finds the
-session of the study (or starts one), writes the bytes as received with a
-temporary name, fsyncs them and links them into place: when it returns, the
-instance is on disk. Counters are kept in memory and written to the session
-rows about once a second by ``flush``; ``build_idle_sessions`` queues the
-build of sessions that received nothing for SCANYARD_SESSION_IDLE_SECONDS.
+session of the study (or starts one) and writes the bytes as received
+under their final name, fsyncing them and their folder
+(``workers.instance_files``): when it returns, the instance is on disk.
+Counters are kept in memory and written to the session rows about once a
+second by ``flush``; ``build_idle_sessions`` queues the build of sessions
+that received nothing for SCANYARD_SESSION_IDLE_SECONDS.
 
 A study is one session: the decision "join this session or start one" is
 taken under a lock per study in this process and, across processes, inside
@@ -31,7 +32,7 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from sqlalchemy import select, text, update
 
-from imaging import dicomio, labels, routing, storage
+from imaging import labels, routing, storage
 from models import (
     BUILDING,
     QUEUED_BUILDING,
@@ -43,6 +44,7 @@ from models import (
     utcnow,
 )
 from workers import prearchive, queue
+from workers.instance_files import write_instance
 
 log = logging.getLogger(__name__)
 
@@ -155,102 +157,6 @@ def instance_name(sop_uid: str | None, data: bytes) -> str:
     if name == ".dcm":
         name = labels.instance_filename(None, hashlib.sha256(data).hexdigest())
     return name
-
-
-class FolderSync:
-    """fsync of folders, shared by the threads that wait for the same folder.
-
-    Each new file's name must be flushed with its folder. When several
-    associations write into one folder at once, a thread whose file was
-    created before a running folder fsync began can wait for the next one
-    to finish instead of starting its own: one flush serves them all.
-    """
-
-    def __init__(self):
-        self._mutex = threading.Lock()
-        self._folders: dict[Path, list] = {}  # folder -> [condition, asked, done, running]
-
-    def sync(self, folder: Path) -> None:
-        with self._mutex:
-            state = self._folders.setdefault(folder, [threading.Condition(self._mutex), 0, 0,
-                                                      False])
-            state[1] += 1
-            ticket = state[1]
-            while state[2] < ticket:
-                if not state[3]:
-                    state[3] = True
-                    covered = state[1]
-                    break
-                state[0].wait()
-            else:
-                return
-        try:
-            storage.fsync_dir(folder)
-        finally:
-            with self._mutex:
-                state[3] = False
-                state[2] = max(state[2], covered)
-                state[0].notify_all()
-                if state[1] == state[2]:  # nobody waits: forget the folder
-                    self._folders.pop(folder, None)
-
-
-folder_sync = FolderSync()
-
-
-def write_instance(path: Path, data: bytes, meta_length: int) -> bool:
-    """Write `data` at `path` durably, never replacing another file.
-
-    Returns False when `path` already holds the same dataset (a duplicate).
-    A different dataset under the same name is stored beside it, named by
-    its sha256, for the build job to sort out. Raises FileNotFoundError when
-    the folder is gone.
-    """
-    try:
-        _write_new(path, data)
-    except FileExistsError:
-        if _same_dataset(path, data, meta_length):
-            return False
-        path = path.with_name(labels.instance_filename(None, hashlib.sha256(data).hexdigest()))
-        try:
-            _write_new(path, data)
-        except FileExistsError:
-            return False  # the same bytes, already kept under their sha256
-    folder_sync.sync(path.parent)
-    return True
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Create `path` (never replacing a file), write `data` and fsync it.
-
-    The file gets its final name at once rather than through a rename: one
-    directory change instead of three, so that the fsync of the file also
-    commits its name on journalling filesystems and the folder's fsync that
-    follows finds little left to do. An instance cut short by a crash was not
-    acknowledged: the sender sends it again, that copy is kept under its
-    sha256, and the build job quarantines the truncated one.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-
-
-def _same_dataset(path: Path, data: bytes, meta_length: int) -> bool:
-    """True when the file at `path` holds the same dataset (its file meta may differ)."""
-    try:
-        existing = path.read_bytes()
-        offset = dicomio.dataset_offset(existing)
-    except (OSError, dicomio.NotDicom):
-        return False
-    return memoryview(existing)[offset:] == memoryview(data)[meta_length:]
 
 
 class Receiving:
