@@ -183,6 +183,7 @@ def test_a_store_response_is_the_bytes_pynetdicom_would_send():
     assert scp_reactors.store_response(
         response(1, 0xC210, mr, "1.2.3", OffendingElement=[0x00100010])) is None
     assert scp_reactors.store_response(response(None, 0, mr, "1.2.3")) is None
+    assert scp_reactors.store_response(response(1, 0x1FFFF, mr, "1.2.3")) is None
     request = response(1, 0, mr, "1.2.3")
     request.MessageIDBeingRespondedTo = None
     assert scp_reactors.store_response(request) is None

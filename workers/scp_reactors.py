@@ -185,10 +185,13 @@ def store_response(primitive) -> bytes | None:
         _uid(0x1000, primitive.AffectedSOPInstanceUID)
     if sop_class is None or sop_instance is None or primitive.Status is None:
         return None
-    body = b"".join((sop_class, _US.pack(0, 0x0100, 2, _C_STORE_RSP),
-                     _US.pack(0, 0x0120, 2, primitive.MessageIDBeingRespondedTo),
-                     _US.pack(0, 0x0800, 2, _NO_DATA_SET), _US.pack(0, 0x0900, 2, primitive.Status),
-                     sop_instance))
+    try:
+        body = b"".join((sop_class, _US.pack(0, 0x0100, 2, _C_STORE_RSP),
+                         _US.pack(0, 0x0120, 2, primitive.MessageIDBeingRespondedTo),
+                         _US.pack(0, 0x0800, 2, _NO_DATA_SET),
+                         _US.pack(0, 0x0900, 2, primitive.Status), sop_instance))
+    except struct.error:  # a status that is no US value: pynetdicom says what is wrong
+        return None
     return _UL.pack(0, 0, 4, len(body)) + body
 
 
