@@ -111,8 +111,8 @@ def read_header(data: bytes, tags: tuple[int, ...], meta_length: int = 0,
 
     With the transfer syntax of the dataset after the `meta_length` bytes
     of file meta (the receiver's, negotiated for the association), only the
-    dataset is parsed: pydicom's dcmread takes three times as long,
-    reading the file meta again and making a FileDataset.
+    dataset is parsed: pydicom's dcmread, which reads the file meta again
+    and makes a FileDataset, took 237 µs a header against 140 µs.
     """
     encoding = _encoding(syntax)
     wanted = list(tags) + list(_OWN_TAGS)
