@@ -21,7 +21,10 @@ def show(figures: dict) -> None:
     if data:
         print(f"data: {data['studies']} studies x {data['series']} series x {data['images']} "
               f"MR images of {data['size']}x{data['size']} = {data['count']:,} instances, "
-              f"{data['bytes'] / 1e6:.0f} MB (zip {data['zip_bytes'] / 1e6:.0f} MB)\n")
+              f"{data['bytes'] / 1e6:.0f} MB (zip {data['zip_bytes'] / 1e6:.0f} MB)")
+    if "site_script" in figures:
+        print(f"the site anonymization script in the zip upload: {figures['site_script']}")
+    print()
     rows = [("measure", "Scanyard", "reference", "ratio", "goal")]
     for part in (_zip_rows, _dicom_rows, _archive_rows, _listing_rows, _memory_rows):
         rows += part(figures)

@@ -3,6 +3,7 @@
     .venv/bin/python bench/run_all.py [--studies 4 --series 5 --images 100 --size 256]
         [--skip dicom,zip,listing] [--listing-files 50] [--listing-requests 50]
         [--rounds 3] [--zip-rounds 3] [--database-url postgresql://...] [--json figures.json]
+        [--site-script on|off]
 
 Makes the data set (default 4 studies x 5 series x 100 MR images of 256x256,
 from tests/dicomgen.make_series; one folder per study and a zip of them all),
@@ -302,7 +303,8 @@ def scanyard_zip(args, data: Data) -> dict:
     if not path.exists():
         return {"missing": "not available: bench/ingest_zip.py is not in this checkout"}
     argv = ["--count", str(data.count), "--series", str(args.studies * args.series),
-            "--size", str(args.size), "--rounds", str(args.zip_rounds)]
+            "--size", str(args.size), "--rounds", str(args.zip_rounds),
+            "--site-script", args.site_script]
     argv += ["--database-url", args.database_url] if args.database_url else []
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     try:
@@ -374,6 +376,8 @@ def main(argv=None) -> int:
                         help="files per scan of the listing data (50: 1,000,000 files)")
     parser.add_argument("--listing-requests", type=int, default=50)
     parser.add_argument("--database-url", help="PostgreSQL for the zip upload and listings")
+    parser.add_argument("--site-script", choices=("on", "off"), default="on",
+                        help="the site anonymization script in the zip upload (on, as installed)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
@@ -386,7 +390,7 @@ def main(argv=None) -> int:
 
     figures = {"started": dt.datetime.now().isoformat(timespec="minutes"),
                "cores": os.cpu_count(), "load": os.getloadavg()[0],
-               "parallel": cores.speedup()["speedup"]}
+               "parallel": cores.speedup()["speedup"], "site_script": args.site_script}
     (ROOT / "instance").mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="run-all-", dir=ROOT / "instance"))
     try:
