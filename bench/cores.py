@@ -15,7 +15,7 @@ pass it.
 file, alone and in one process per core at once: on an ext4 without a
 journal it ranges from a few hundredths of a millisecond to over one,
 depending on how many files were deleted in the minutes before, and weighs
-on every benchmark that stores files (see the README's Performance).
+on every benchmark that stores files (see bench/README.md).
 """
 from __future__ import annotations
 
