@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from imaging import dicomio
+from imaging import dicominfo, dicomio
 from imaging.dicomio import DicomInfo, NotDicom, dataset_offset, read_dicom
 
 MR = get_testdata_file("MR_small.dcm")
@@ -286,7 +286,7 @@ _TEXTS = sorted(set(_TEXT_FIELDS) - {"IS", "DS"})
 
 
 def _text_both_ways(monkeypatch, vr: str, raw: bytes, charset: str | None):
-    """Return _text of a raw element read quickly and as pydicom reads it."""
+    """Return dicominfo.text of a raw element read quickly and as pydicom reads it."""
     from pydicom.datadict import tag_for_keyword
     from pydicom.dataelem import RawDataElement
 
@@ -302,11 +302,11 @@ def _text_both_ways(monkeypatch, vr: str, raw: bytes, charset: str | None):
 
     with warnings.catch_warnings():  # pydicom's, on the malformed values given it
         warnings.simplefilter("ignore")
-        quick = dicomio._text(dataset(), keyword)
+        quick = dicominfo.text(dataset(), keyword)
         with monkeypatch.context() as m:
-            m.setattr(dicomio, "_ASCII_TEXT_VRS", {})
-            m.setattr(dicomio, "_PLAIN_NUMBERS", {})
-            slow = dicomio._text(dataset(), keyword)
+            m.setattr(dicominfo, "_ASCII_TEXT_VRS", {})
+            m.setattr(dicominfo, "_PLAIN_NUMBERS", {})
+            slow = dicominfo.text(dataset(), keyword)
     return quick, slow
 
 
