@@ -11,7 +11,6 @@ Each job can run twice without changing more: batches leave their results in
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 from flask import current_app
@@ -41,7 +40,7 @@ from models import (
     db,
     utcnow,
 )
-from workers import anonymization, ingest_formats, joining, prearchive, queue, site_script
+from workers import ingest_formats, joining, prearchive, queue, site_script
 from workers.context import app_job
 from workers.faults import crash_point
 from workers.scans import Report, study_summary
@@ -229,8 +228,8 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
 
     sessions += ingest_formats.place_resources(upload, loose, sessions, source_of, timestamp,
                                                report)
-    sessions = _apply_site_script(sessions, source_of, report, done_by_batches, good, root,
-                                  replaced, saved, _source(upload))
+    sessions = site_script.apply_to_sessions(sessions, source_of, report, done_by_batches, good,
+                                             root, replaced, saved, _source(upload))
     good = done_by_batches = None  # the records hold what is left of them
     made = sessions
     sessions, joined = joining.join_existing(upload, sessions, source_of, report)
@@ -266,67 +265,6 @@ def finish_upload(upload_id: str, batch_count: int) -> None:
     for ps, flags in rows:
         prearchive.auto_archive(ps, after=queue.enqueue_make_snapshots(ps.id), flags=flags)
     storage.remove_tree(root)
-
-
-def _apply_site_script(sessions, source_of, report: Report, done_by_batches: dict, good,
-                       root: Path, replaced: dict[str, Path], saved: dict, _source_path: Path):
-    """Run the site's anonymization script on each planned file before it is READY.
-
-    The batches ran it already where they guessed the variables right
-    (workers.site_script): such a file's new version goes into `replaced`.
-    Others are rewritten here, where they are (the upload folder, or the
-    prearchive when a first run of this job moved them already); rejected
-    files go to quarantine with the reason. Returns the sessions that still
-    have files.
-    """
-    script = anonymization.active_script(anonymization.SITE)
-    if script is None:
-        return sessions
-    outcome = site_script.outcomes(done_by_batches, good, script, root)
-    originals = {m[0]: Member(*m) for m in saved["members"]} if saved["kind"] == "zip" else {}
-    kept = []
-    for record, moves in sessions:
-        by_entry = {(t.parent.parent.name, t.name): (name, t) for name, t in moves}
-
-        def path_of(scan, entry, by_entry=by_entry):
-            name, target = by_entry[(scan["id"], entry["name"])]
-            return source_of(name) if source_of(name).exists() else target
-
-        def prepared(scan, entry, values, by_entry=by_entry):
-            name, target = by_entry[(scan["id"], entry["name"])]
-            found = outcome(name, values)
-            if found is site_script.RESTORE:
-                # Rewritten in place by its batch for other labels: back to the
-                # original (from the zip) before the script runs here.
-                if not target.exists():
-                    for _ in unpack_members(_source_path, [originals[name]], root / "files"):
-                        pass
-                return None
-            if found is None:
-                return None
-            done, new = found
-            if new is not None:
-                if not new.exists() and not target.exists():
-                    return None  # the batch's file is gone: run the script here
-                replaced[name] = new
-            return done
-
-        changed, rejected = anonymization.anonymize_record(script, record, path_of,
-                                                           prepared=prepared)
-        dropped = set()
-        for scan, entry, path, reason in rejected:
-            name, target = by_entry[(scan["id"], entry["name"])]
-            if path == target:  # moved by an earlier run: back to where quarantine looks
-                os.replace(target, source_of(name))
-            report.quarantine(name, f"rejected by the site anonymization script: {reason}")
-            dropped.add(name)
-        if changed or rejected:
-            prearchive.log(record, f"site anonymization script: {changed} file(s) changed, "
-                                   f"{len(rejected)} rejected")
-        moves = [(name, target) for name, target in moves if name not in dropped]
-        if moves:
-            kept.append((record, moves))
-    return kept
 
 
 def _batch_results(root: Path, batch_count: int) -> tuple[list[dict], list[int], dict]:

@@ -8,12 +8,13 @@ finishing job decides them for an upload of one study, runs the script on
 the bytes it has just read (on every worker at once), and writes the result
 beside the original, in ``uploads/{id}/anon/``. The finishing job takes a
 batch's result where the guess was right and the script is the same, and
-runs the script itself on the others, from the original.
+runs the script itself on the others, from the original (apply_to_sessions).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 
 from sqlalchemy import select
@@ -24,9 +25,10 @@ from imaging.anonymize import (
     anonymize_read,
     variable_texts,
 )
-from imaging.extract import write_file
+from imaging.extract import Member, unpack_members, write_file
 from models import Project, db
-from workers import anonymization
+from workers import anonymization, prearchive
+from workers.scans import Report
 
 FOLDER = "anon"
 KEY = "site_script"
@@ -192,3 +194,64 @@ def outcomes(found: dict[str, tuple], good, script, root: Path):
 
 def _key(values: dict) -> tuple:
     return tuple(sorted(variable_texts(values).items()))
+
+
+def apply_to_sessions(sessions, source_of, report: Report, done_by_batches: dict, good,
+                      root: Path, replaced: dict[str, Path], saved: dict, source_path: Path):
+    """Run the site's anonymization script on each file the finishing job
+    planned (`sessions`: (record, moves)) before it is READY.
+
+    The batches ran it already where they guessed the variables right: such
+    a file's new version goes into `replaced`. Others are rewritten here,
+    where they are (the upload folder, or the prearchive when a first run of
+    the finishing job moved them already); rejected files go to quarantine
+    with the reason. Returns the sessions that still have files.
+    """
+    script = anonymization.active_script(anonymization.SITE)
+    if script is None:
+        return sessions
+    outcome = outcomes(done_by_batches, good, script, root)
+    originals = {m[0]: Member(*m) for m in saved["members"]} if saved["kind"] == "zip" else {}
+    kept = []
+    for record, moves in sessions:
+        by_entry = {(t.parent.parent.name, t.name): (name, t) for name, t in moves}
+
+        def path_of(scan, entry, by_entry=by_entry):
+            name, target = by_entry[(scan["id"], entry["name"])]
+            return source_of(name) if source_of(name).exists() else target
+
+        def prepared(scan, entry, values, by_entry=by_entry):
+            name, target = by_entry[(scan["id"], entry["name"])]
+            found = outcome(name, values)
+            if found is RESTORE:
+                # Rewritten in place by its batch for other labels: back to the
+                # original (from the zip) before the script runs here.
+                if not target.exists():
+                    for _ in unpack_members(source_path, [originals[name]], root / "files"):
+                        pass
+                return None
+            if found is None:
+                return None
+            done, new = found
+            if new is not None:
+                if not new.exists() and not target.exists():
+                    return None  # the batch's file is gone: run the script here
+                replaced[name] = new
+            return done
+
+        changed, rejected = anonymization.anonymize_record(script, record, path_of,
+                                                           prepared=prepared)
+        dropped = set()
+        for scan, entry, path, reason in rejected:
+            name, target = by_entry[(scan["id"], entry["name"])]
+            if path == target:  # moved by an earlier run: back to where quarantine looks
+                os.replace(target, source_of(name))
+            report.quarantine(name, f"rejected by the site anonymization script: {reason}")
+            dropped.add(name)
+        if changed or rejected:
+            prearchive.log(record, f"site anonymization script: {changed} file(s) changed, "
+                                   f"{len(rejected)} rejected")
+        moves = [(name, target) for name, target in moves if name not in dropped]
+        if moves:
+            kept.append((record, moves))
+    return kept
