@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from imaging.anonymize import DEFAULT_SITE_SCRIPT  # noqa: E402
 
 GOAL_RATIO, GOAL_MEMORY_MB, GOAL_ARCHIVE_S = 1.3, 300, 1.0
+GOAL_ARCHIVE_FILES = 2000  # the archiving goal is for a session of this many files
 
 
 # --- data -------------------------------------------------------------------
@@ -218,8 +219,9 @@ def show(args, r: dict) -> None:
               f"{total / args.rounds:.2f} s", "", "")
              for name, (count, total, _) in sorted(jobs.items()) if name != "archive_session"]
     rows += [
-        ("archive: the job (slowest round)", f"{archive_job:.2f} s", "",
-         _goal(archive_job < GOAL_ARCHIVE_S, f"< {GOAL_ARCHIVE_S:.0f} s")),
+        (f"archive: the job (slowest round), {r['files']:,} files", f"{archive_job:.2f} s", "",
+         _goal(archive_job < GOAL_ARCHIVE_S, f"< {GOAL_ARCHIVE_S:.0f} s")
+         if r["files"] <= GOAL_ARCHIVE_FILES else ""),
         ("peak RSS, web: largest process / all", f"{web.get('max', 0) / mb:.0f} MB",
          f"{web.get('sum', 0) / mb:.0f} MB", ""),
         ("peak RSS, workers + work horses: largest / all",
@@ -231,8 +233,7 @@ def show(args, r: dict) -> None:
              for name, rss in r.get("largest", [])]
     for label, a, b, goal in rows:
         print(f"  {label:<52} {a:>8} {b:>10}  {goal}")
-    print("\nFor scale: Orthanc's zip import ran at ~480 inst/s on such a machine; "
-          "the aim is three times that.")
+    print("\nOrthanc's import of the same zip, in the same run: bench/run_all.py.")
 
 
 def _goal(met: bool, text: str) -> str:
