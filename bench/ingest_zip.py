@@ -3,7 +3,7 @@
     .venv/bin/python bench/ingest_zip.py [--count 2000] [--series 4] [--workers 2]
         [--database-url postgresql://postgres@127.0.0.1:5432/test]
         [--redis-url redis://127.0.0.1:6379/0] [--batch-size 500] [--rounds 3]
-        [--size 256] [--timeline] [--keep]
+        [--size 256] [--site-script on|off] [--timeline] [--keep] [--json figures.json]
 
 It generates N MR instances of 256x256 (pydicom's MR_small.dcm with new
 pixels and UIDs; the zip is cached in the temp folder), starts its own
@@ -34,6 +34,7 @@ import argparse
 import datetime as dt
 import hashlib
 import io
+import json
 import os
 import shutil
 import statistics
@@ -257,6 +258,7 @@ def main(argv=None) -> int:
                         help="the site anonymization script (on, as installed, by default)")
     parser.add_argument("--timeline", action="store_true", help="print when each job ran")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     args.database = "PostgreSQL" if args.database_url else "SQLite"
     tmp = Path(tempfile.mkdtemp(prefix="scanyard-bench-"))
@@ -267,6 +269,8 @@ def main(argv=None) -> int:
         else:
             result = run(args, tmp, f"sqlite:///{tmp / 'scanyard.db'}")
         show(args, result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, default=str))
     finally:
         if args.keep:
             print(f"kept {tmp}")

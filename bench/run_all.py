@@ -16,8 +16,8 @@ then measures, in this order:
            then Scanyard archives the four received sessions (RQ's job times);
   zip      the HTTP upload of a zip to READY through bench/ingest_zip.py (its
            bare single-process loop and memory included; it makes its own zip
-           of as many instances, one study) when that script is here, and the
-           same zip POSTed to Orthanc's /instances;
+           of as many instances, one study), and the same zip POSTed to
+           Orthanc's /instances;
   listing  bench/listing.py in a process of its own: pages and REST lists with
            1,000,000 files indexed (--listing-files 5 for 100,000).
 
@@ -291,48 +291,24 @@ def zip_step(args, data: Data, tmp: Path) -> dict:
 
 
 def scanyard_zip(args, data: Data) -> dict:
-    """Return the zip upload figures of bench/ingest_zip.py, or {"missing": why}.
-
-    The figures: zip (its path), files, rate (instances/s to READY), mb_per_s, bare_ratio
-    (over its bare single-process loop), archive_s (until the archived
-    session's page answers), archive_job_s and memory ({process: MB}). A script
-    with --json writes them itself; from one without, the data of the table
-    it shows is taken (INGEST_ZIP_RUNNER).
-    """
-    path = BENCH / "ingest_zip.py"
-    if not path.exists():
-        return {"missing": "not available: bench/ingest_zip.py is not in this checkout"}
+    """Return the zip upload figures of bench/ingest_zip.py: zip (its path),
+    files, rate (instances/s to READY), mb_per_s, bare_ratio (over its bare
+    single-process loop), archive_s (until the archived session's page
+    answers), archive_job_s and memory ({process: MB}); {"missing": why}
+    when it fails."""
     argv = ["--count", str(data.count), "--series", str(args.studies * args.series),
             "--size", str(args.size), "--rounds", str(args.zip_rounds),
             "--site-script", args.site_script]
     argv += ["--database-url", args.database_url] if args.database_url else []
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     try:
-        if "--json" in path.read_text():
-            subprocess.run([sys.executable, str(path), *argv, "--json", str(out)], cwd=ROOT,
-                           check=True)
-            return json.loads(out.read_text())
-        subprocess.run([sys.executable, "-c", INGEST_ZIP_RUNNER, str(BENCH), str(out), *argv],
+        subprocess.run([sys.executable, str(BENCH / "ingest_zip.py"), *argv, "--json", str(out)],
                        cwd=ROOT, check=True)
         return _ingest_zip_figures(json.loads(out.read_text()))
     except (OSError, ValueError, KeyError, subprocess.CalledProcessError) as exc:
         return {"missing": f"bench/ingest_zip.py failed: {exc}"}
     finally:
         out.unlink(missing_ok=True)
-
-
-# Runs bench/ingest_zip.py's main() and keeps what it passes to show() as JSON.
-INGEST_ZIP_RUNNER = """
-import json, sys
-sys.path[:0] = [sys.argv[1]]
-import ingest_zip
-def keep(args, result, show=ingest_zip.show):
-    show(args, result)
-    with open(sys.argv[2], "w") as out:
-        json.dump(result, out, default=str)
-ingest_zip.show = keep
-sys.exit(ingest_zip.main(sys.argv[3:]))
-"""
 
 
 def _ingest_zip_figures(shown: dict) -> dict:
