@@ -17,8 +17,7 @@ application's own time), logged in as a site admin and as a plain member of
 one project (access filtering changes the queries), it asks each listing
 REQUESTS times, each time for another subject, session or scan of that
 project, and prints the median and 95th percentile latency, and with
---queries how many SQL statements one request runs. REST paths that answer
-404 (no REST API in this checkout) are skipped. Goal: p95 under 200 ms.
+--queries how many SQL statements one request runs. Goal: p95 under 200 ms.
 Not a test.
 """
 from __future__ import annotations
@@ -129,17 +128,11 @@ USERS = ("bench-admin", "bench-member")
 
 
 def measure(app, picked: dict, requests: int, counter: QueryCounter) -> dict:
-    """Return {user: {listing: {"median", "p95", "max", "queries", "sql_ms"}, or None when
-    the path answers 404 (no REST API in this checkout)}}."""
+    """Return {user: {listing: {"median", "p95", "max", "queries", "sql_ms"}}}."""
     clients = {user: login(app, user) for user in USERS}
     post_worker_init()  # as serve's web processes do once the app is loaded
     results: dict = {user: {} for user in USERS}
     for name, next_url in listings(picked, random.Random(11)).items():
-        url = next_url()
-        if url.startswith("/data/") and clients[USERS[0]].get(url).status_code == 404:
-            for user in USERS:
-                results[user][name] = None
-            continue
         samples: dict[str, list[float]] = {user: [] for user in USERS}
         for n in range(requests + 2):  # the first two warm the caches, as a server's are
             for user in USERS:  # in turns, so that both meet the same conditions
@@ -209,9 +202,6 @@ def show(result: dict, queries: bool) -> None:
     worst = 0.0
     for name, a in admin.items():
         m = member[name]
-        if a is None:
-            print(f"  {name:<20} {'not in this checkout (404)':>43}")
-            continue
         worst = max(worst, a["p95"], m["p95"])
         line = (f"  {name:<20} {a['median']:>12.1f} {a['p95']:>7.1f}  {m['median']:>13.1f} "
                 f"{m['p95']:>7.1f}")

@@ -366,7 +366,9 @@ def main(argv=None) -> int:
 
     figures = {"started": dt.datetime.now().isoformat(timespec="minutes"),
                "cores": os.cpu_count(), "load": os.getloadavg()[0],
-               "parallel": cores.speedup()["speedup"], "site_script": args.site_script}
+               "parallel": cores.speedup()["speedup"]}
+    if "zip" not in skip:
+        figures["site_script"] = args.site_script
     (ROOT / "instance").mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="run-all-", dir=ROOT / "instance"))
     try:
