@@ -5,6 +5,7 @@ make one session each with every instance once, and the processes stop with
 the one that started them, even when it is killed."""
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import signal
@@ -165,6 +166,37 @@ def test_killing_the_first_process_stops_the_receivers_and_frees_the_port(sqlite
     again = _start(sqlite_app, port)  # the port is free for the receiver started again
     again.send_signal(signal.SIGTERM)
     again.wait(timeout=60)
+
+
+def test_a_receiver_stops_on_sigterm_whichever_of_its_threads_gets_it(sqlite_app):
+    # The kernel hands a signal sent to a process to any of its threads; sent
+    # to a thread other than the main one (tgkill), as when a killed `flask
+    # scp`'s receivers get their SIGTERM, the receiver must still stop.
+    tgkill = getattr(ctypes.CDLL(None), "tgkill", None)
+    if tgkill is None:
+        pytest.skip("this C library has no tgkill()")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "scp", "--host", "127.0.0.1",
+         "--port", str(port)], cwd=ROOT, env=worker_env(sqlite_app, SCANYARD_SCP_PROCESSES="1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the receiver did not start"
+                time.sleep(0.2)
+        others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+        assert others  # its acceptor and upkeep threads at least
+        assert tgkill(proc.pid, others[0], signal.SIGTERM) == 0
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 # Run at the start of every Python process the test starts: one receiver

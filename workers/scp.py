@@ -47,6 +47,7 @@ REJECT_DIAGNOSTICS = {receivers.CALLED_NOT_RECOGNISED: 0x07,
                       receivers.CALLING_NOT_RECOGNISED: 0x03}
 
 FLUSH_EVERY = 1.0
+SIGNAL_CHECK_EVERY = 0.5  # seconds between the main thread's looks at SIGINT and SIGTERM
 IDLE_CHECK_EVERY = 2.0
 MAX_ASSOCIATIONS = 32
 # The largest P-DATA PDU a sender may send us. pynetdicom's default (16 KB)
@@ -314,6 +315,10 @@ def run_scp(app: Flask, host: str, port: int) -> None:
     if os.environ.get(LISTEN_FD_ENV) and not until_listening(stopping):
         return
     scp.start()
-    stopping.wait()
+    # The kernel may hand SIGTERM to any of the receiver's threads; Python then
+    # runs the handler only when the main thread next runs, which a wait
+    # without a timeout would never do (a receiver outliving `flask scp`).
+    while not stopping.wait(SIGNAL_CHECK_EVERY):
+        pass
     log.info("stopping the DICOM receiver")
     scp.stop()
