@@ -24,7 +24,7 @@ from imaging import dicomio, dicomwrite, routing
 from models import DicomAssociation, PrearchiveSession, Receiver, RoutingRule, db, utcnow
 from tests.dicomgen import make_series, make_study, write_files
 from tests.scpnet import echo, needs_storescu, send, storescu
-from workers import prearchive, receiving, scp_reactors
+from workers import instance_files, prearchive, receiving, scp_reactors
 from workers.building import session_files
 from workers.scp import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, StoreSCP
 
@@ -442,3 +442,46 @@ def test_received_files_get_the_site_script_snapshots_and_the_projects_auto_arch
         # XNAT's default site script: the labels replace the identifying values.
         assert str(dcmread(stored[0]).PatientName) == session.subject.label
         assert list(folder.glob("*/SNAPSHOTS/thumbnail.png"))
+
+
+def test_a_folder_flush_that_fails_is_not_taken_for_the_files_waiting_on_it(
+        tmp_path, monkeypatch):
+    # Three files in one folder. The second's and third's threads arrive
+    # while the first's flush runs and wait; one of them then flushes for
+    # both, and that flush fails: it raises, and the other must flush the
+    # folder itself before it returns (its instance then acknowledged).
+    syncs = instance_files.FolderSync()
+    calls = []
+
+    def fsync_dir(folder):
+        calls.append(folder)
+        if len(calls) == 1:  # the first flush ends once the other two wait
+            deadline = time.monotonic() + 10
+            while syncs._folders[folder][1] < 3:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        elif len(calls) == 2:
+            raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(instance_files.storage, "fsync_dir", fsync_dir)
+    outcomes = []
+
+    def sync():
+        try:
+            syncs.sync(tmp_path)
+            outcomes.append("flushed")
+        except OSError as exc:
+            outcomes.append(exc.errno)
+
+    threads = [threading.Thread(target=sync)]
+    threads[0].start()
+    while not calls:
+        time.sleep(0.01)
+    threads += [threading.Thread(target=sync), threading.Thread(target=sync)]
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(outcomes, key=str) == sorted(["flushed", "flushed", errno.EIO], key=str)
+    assert len(calls) == 3  # the failed flush was made again
+    assert not syncs._folders  # nothing kept of the folder once all are done

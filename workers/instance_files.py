@@ -20,18 +20,22 @@ class FolderSync:
     Each new file's name must be flushed with its folder. When several
     associations write into one folder at once, a thread whose file was
     created before a running folder fsync began can wait for the next one
-    to finish instead of starting its own: one flush serves them all.
+    to finish instead of starting its own: one flush serves them all. A
+    flush that fails serves nobody: its thread raises, and those waiting on
+    it flush the folder again themselves.
     """
 
     def __init__(self):
         self._mutex = threading.Lock()
-        self._folders: dict[Path, list] = {}  # folder -> [condition, asked, done, running]
+        # folder -> [condition, asked, done, running, threads in sync() for it]
+        self._folders: dict[Path, list] = {}
 
     def sync(self, folder: Path) -> None:
         with self._mutex:
             state = self._folders.setdefault(folder, [threading.Condition(self._mutex), 0, 0,
-                                                      False])
+                                                      False, 0])
             state[1] += 1
+            state[4] += 1
             ticket = state[1]
             while state[2] < ticket:
                 if not state[3]:
@@ -40,16 +44,24 @@ class FolderSync:
                     break
                 state[0].wait()
             else:
+                self._leave(folder, state)
                 return
+        flushed = False
         try:
             storage.fsync_dir(folder)
+            flushed = True
         finally:
             with self._mutex:
                 state[3] = False
-                state[2] = max(state[2], covered)
+                if flushed:
+                    state[2] = max(state[2], covered)
                 state[0].notify_all()
-                if state[1] == state[2]:  # nobody waits: forget the folder
-                    self._folders.pop(folder, None)
+                self._leave(folder, state)
+
+    def _leave(self, folder: Path, state: list) -> None:
+        state[4] -= 1
+        if not state[4]:  # nobody is flushing or waiting for it: forget the folder
+            self._folders.pop(folder, None)
 
 
 folder_sync = FolderSync()
