@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 UNASSIGNED = "_unassigned"
@@ -141,7 +142,8 @@ def write_atomic(path: str | Path, data: bytes, make_parents: bool = True) -> No
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Named by process and thread: two threads writing one path never share it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import threading
 
 import pytest
 
@@ -56,3 +57,25 @@ def test_a_rewrite_whose_folder_was_moved_away_does_not_make_it_again(tmp_path):
     assert list(tmp_path.iterdir()) == []
     storage.write_atomic(gone, b"new")
     assert gone.read_bytes() == b"new"
+
+
+def test_threads_writing_one_file_at_once_leave_one_whole_version(tmp_path):
+    path = tmp_path / "record.json"
+    versions = [bytes([n]) * 200_000 for n in (1, 2, 3, 4)]
+    errors = []
+
+    def write(data):
+        try:
+            for _ in range(25):
+                storage.write_atomic(path, data)
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert path.read_bytes() in versions
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
