@@ -457,7 +457,7 @@ def test_a_folder_flush_that_fails_is_not_taken_for_the_files_waiting_on_it(
         calls.append(folder)
         if len(calls) == 1:  # the first flush ends once the other two wait
             deadline = time.monotonic() + 10
-            while syncs._folders[folder][1] < 3:
+            while syncs._folders[folder].asked < 3:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
         elif len(calls) == 2:

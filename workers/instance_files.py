@@ -6,6 +6,7 @@ then); threads writing into one folder share that folder's fsync.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -27,22 +28,22 @@ class FolderSync:
 
     def __init__(self):
         self._mutex = threading.Lock()
-        # folder -> [condition, asked, done, running, threads in sync() for it]
-        self._folders: dict[Path, list] = {}
+        self._folders: dict[Path, _Folder] = {}
 
     def sync(self, folder: Path) -> None:
         with self._mutex:
-            state = self._folders.setdefault(folder, [threading.Condition(self._mutex), 0, 0,
-                                                      False, 0])
-            state[1] += 1
-            state[4] += 1
-            ticket = state[1]
-            while state[2] < ticket:
-                if not state[3]:
-                    state[3] = True
-                    covered = state[1]
+            state = self._folders.get(folder)
+            if state is None:
+                state = self._folders[folder] = _Folder(threading.Condition(self._mutex))
+            state.asked += 1
+            state.users += 1
+            ticket = state.asked
+            while state.done < ticket:
+                if not state.running:
+                    state.running = True
+                    covered = state.asked
                     break
-                state[0].wait()
+                state.flushed.wait()
             else:
                 self._leave(folder, state)
                 return
@@ -52,16 +53,29 @@ class FolderSync:
             flushed = True
         finally:
             with self._mutex:
-                state[3] = False
+                state.running = False
                 if flushed:
-                    state[2] = max(state[2], covered)
-                state[0].notify_all()
+                    state.done = max(state.done, covered)
+                state.flushed.notify_all()
                 self._leave(folder, state)
 
-    def _leave(self, folder: Path, state: list) -> None:
-        state[4] -= 1
-        if not state[4]:  # nobody is flushing or waiting for it: forget the folder
+    def _leave(self, folder: Path, state: _Folder) -> None:
+        state.users -= 1
+        if not state.users:  # nobody is flushing or waiting for it: forget the folder
             self._folders.pop(folder, None)
+
+
+@dataclasses.dataclass(slots=True)
+class _Folder:
+    """What FolderSync knows of one folder: its flushes are numbered by the
+    calls that asked for one (`asked`); `done` is the last call a finished
+    flush covered."""
+
+    flushed: threading.Condition
+    asked: int = 0
+    done: int = 0
+    running: bool = False
+    users: int = 0  # threads in sync() for this folder
 
 
 folder_sync = FolderSync()
