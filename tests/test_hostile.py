@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from imaging import dicomio
-from imaging.extract import ExtractError, Limits, extract_members, list_members
+from imaging.extract import CHUNK, ExtractError, Limits, list_members, unpack_members
 from tests.dicomgen import make_series, zip_bytes
 from tests.test_upload_flow import upload
 
@@ -109,12 +109,17 @@ GOOD_ZIP = zip_bytes({"a/1.dcm": GOOD, "a/2.dcm": GOOD[:500]})
 
 
 def _extract_or_refuse(path: Path, out: Path) -> None:
-    try:
-        members = list_members(path, Limits(max_total_bytes=10 << 20))
-        for _member, target in extract_members(path, members, out):
-            assert out in target.resolve().parents
-    except ExtractError as exc:
-        assert str(exc)
+    """Extract as the tar path does (streamed through the archive's reader)
+    and as a batch reads a zip (small members read whole, none written)."""
+    for whole in (0, CHUNK):
+        try:
+            members = list_members(path, Limits(max_total_bytes=10 << 20))
+            for _member, target, _data in unpack_members(path, members, out / str(whole),
+                                                         keep_bytes=whole,
+                                                         write_kept=not whole):
+                assert out in target.resolve().parents
+        except ExtractError as exc:
+            assert str(exc)
 
 
 @settings(max_examples=150, deadline=None,
