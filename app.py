@@ -108,8 +108,9 @@ def _finish_config(app: Flask) -> None:
         app.config["SECRET_KEY"] = _instance_secret(app)
     if not app.config["SCP_PROCESSES"]:
         # pynetdicom handles the associations of a process under one
-        # interpreter lock: a receiver process per core, up to 4.
-        app.config["SCP_PROCESSES"] = max(1, min(4, os.cpu_count() or 1))
+        # interpreter lock, and two associations sharing one wait for each
+        # other even with a core idle: two receiver processes per core, up to 8.
+        app.config["SCP_PROCESSES"] = max(2, min(8, 2 * (os.cpu_count() or 1)))
     for key in ("SCP_PORT", "SCP_PROCESSES", "SESSION_IDLE_SECONDS", "IMPORT_WAIT_SECONDS",
                 "BATCH_SIZE", "PAGE_SIZE", "PROXY_COUNT"):
         app.config[key] = int(app.config[key])

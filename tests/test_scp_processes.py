@@ -236,3 +236,15 @@ def test_the_port_opens_once_every_process_is_ready(sqlite_app, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("cores, processes", [(1, 2), (2, 4), (3, 6), (16, 8), (None, 2)])
+def test_the_receiver_runs_two_processes_per_core_by_default(tmp_path, monkeypatch, cores,
+                                                             processes):
+    import app as app_module
+
+    monkeypatch.delenv("SCANYARD_SCP_PROCESSES", raising=False)
+    monkeypatch.setattr(app_module.os, "cpu_count", lambda: cores)
+    app = app_module.create_app({"DATA_DIR": str(tmp_path / "data"),
+                                 "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"})
+    assert app.config["SCP_PROCESSES"] == processes

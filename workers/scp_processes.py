@@ -1,8 +1,9 @@
 """The DICOM receiver as several processes on one port (``flask scp`` with
 SCANYARD_SCP_PROCESSES > 1): pynetdicom serves the associations of one
 process under one interpreter lock, so `flask scp` binds the socket, starts
-one receiver process per core on it, listens once all are ready and starts
-again any that dies; each process accepts on the shared socket.
+several receiver processes on it (two per core by default, so that
+associations sent at once seldom share one), listens once all are ready
+and starts again any that dies; each process accepts on the shared socket.
 """
 from __future__ import annotations
 
