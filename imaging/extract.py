@@ -369,9 +369,10 @@ def _small_member(fd: int, info: zipfile.ZipInfo) -> bytes | None:
     zipfile checks it (the local header's signature and name, never more than
     the size declared, the CRC); None for a member left to zipfile.
 
-    zipfile reads a member through layers that cost a third again of the
-    inflating itself; here the compressed bytes come in one read and are
-    inflated in one call. Raises what zipfile raises for a damaged member.
+    zipfile reads a member through a reader made for it, in steps, and takes
+    its CRC with zlib (ten times ISA-L's time); here the compressed bytes
+    come in one read and are inflated in one call. Raises what zipfile
+    raises for a damaged member.
     """
     size, packed = info.file_size, info.compress_size
     if info.flag_bits & 0x61 or info.compress_type not in (zipfile.ZIP_STORED,
