@@ -12,7 +12,6 @@ import lzma
 import os
 import pathlib
 import stat
-import struct
 import tarfile
 import zipfile
 import zlib
@@ -20,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from imaging.labels import shown
+from imaging.zipmembers import faster_inflate, small_member
 
 try:  # Intel's ISA-L inflates deflate streams about twice as fast as zlib
     from isal import igzip, isal_zlib
@@ -343,7 +343,7 @@ def _zip_sources(path, members: list[Member], whole: int = 0
     """Yield (member, open source) for each member, read by its index.
 
     A stored or deflated member of up to `whole` bytes comes read in one
-    piece (_small_member), as a BytesIO of its content.
+    piece (zipmembers.small_member), as a BytesIO of its content.
     """
     with _open(path, "zip") as archive:
         infos = archive.infolist()
@@ -353,73 +353,11 @@ def _zip_sources(path, members: list[Member], whole: int = 0
             if info is None or _zip_name(archive, info) is None:
                 raise ExtractError(_CHANGED)
             with _reading("zip"):
-                data = _small_member(fd, info) if 0 < info.file_size <= whole else None
+                data = small_member(fd, info) if 0 < info.file_size <= whole else None
                 source = io.BytesIO(data) if data is not None else archive.open(info)
             if data is None:
-                _faster_inflate(source)
+                faster_inflate(source)
             yield member, source
-
-
-_LOCAL_HEADER = struct.Struct("<4s2xHH16xHH")  # signature, flags, method, name and extra lengths
-_INFLATE = isal_zlib or zlib
-
-
-def _small_member(fd: int, info: zipfile.ZipInfo) -> bytes | None:
-    """Return the content of a small stored or deflated zip member, checked as
-    zipfile checks it (the local header's signature and name, never more than
-    the size declared, the CRC); None for a member left to zipfile.
-
-    zipfile reads a member through a reader made for it, in steps, and takes
-    its CRC with zlib (ten times ISA-L's time); here the compressed bytes
-    come in one read and are inflated in one call. Raises what zipfile
-    raises for a damaged member.
-    """
-    size, packed = info.file_size, info.compress_size
-    if info.flag_bits & 0x61 or info.compress_type not in (zipfile.ZIP_STORED,
-                                                           zipfile.ZIP_DEFLATED):
-        return None  # encrypted or patched (zipfile refuses), or another method
-    if packed > size + (size >> 6) + 1024 or \
-            (info.compress_type == zipfile.ZIP_STORED and packed != size):
-        return None  # more compressed bytes than a member of this size needs
-    header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
-    if len(header) < _LOCAL_HEADER.size:
-        raise zipfile.BadZipFile("Truncated file header")
-    signature, flags, _method, name_length, extra_length = _LOCAL_HEADER.unpack(header)
-    if signature != b"PK\x03\x04":
-        raise zipfile.BadZipFile("Bad magic number for file header")
-    start = info.header_offset + _LOCAL_HEADER.size
-    raw_name = os.pread(fd, name_length, start)
-    name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "surrogateescape")
-    if name != info.orig_filename:
-        raise zipfile.BadZipFile(
-            f"File name in directory {info.orig_filename!r} and header {name!r} differ.")
-    data = os.pread(fd, packed, start + name_length + extra_length)
-    if len(data) < packed:
-        raise EOFError("the member's data is cut short")
-    if info.compress_type == zipfile.ZIP_DEFLATED:
-        inflater = _INFLATE.decompressobj(-zlib.MAX_WBITS)
-        data = inflater.decompress(data, size)  # never more than declared
-        if len(data) < size and not inflater.eof:
-            raise EOFError("the member's deflated data is cut short")
-    if _INFLATE.crc32(data) != info.CRC:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
-    return data
-
-
-_ZLIB_INFLATE = type(zlib.decompressobj(-zlib.MAX_WBITS))
-
-
-def _faster_inflate(source) -> None:
-    """Let ISA-L inflate a deflated zip member that zipfile has just opened.
-
-    zipfile reads through a zlib decompressor made when the member is
-    opened; ISA-L's has the same interface and output, and takes half the
-    time. zipfile still checks the size read and the member's CRC. Where
-    the decompressor is not the one expected (another Python's zipfile),
-    zlib's stays.
-    """
-    if isal_zlib is not None and type(getattr(source, "_decompressor", None)) is _ZLIB_INFLATE:
-        source._decompressor = isal_zlib.decompressobj(-zlib.MAX_WBITS)
 
 
 def _tar_sources(path, members: list[Member]) -> Iterator[tuple[Member, object]]:
