@@ -5,10 +5,17 @@ Werkzeug spools uploaded files larger than 500 kB to the system temp folder
 Scanyard's request class writes every uploaded file of a request into the
 data folder instead, so that a multi-GB upload costs neither memory nor a
 second copy: the job later renames the files, it never copies them.
+
+A stored file is on the disk (fsynced, with its folder's entries) before
+the request that stored it answers: an upload acknowledged to its sender
+survives a power cut, as an instance the DICOM receiver acknowledges does.
+Flushing it there also spares the upload's first job from waiting for the
+disk to take in the rest of the upload.
 """
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -96,15 +103,29 @@ def save_body(filename: str) -> Path:
     path = _unique_path(folder, filename)
     with open(path, "wb") as fh:
         shutil.copyfileobj(request.stream, storage.WriteBehind(fh), CHUNK)
+        _flush(fh, path)
     return path
 
 
 def stored_path(file_storage) -> Path:
-    """Return where a multipart file of this request was written, closing it."""
+    """Return where a multipart file of this request was written, closing it
+    once it is on the disk."""
     stream = file_storage.stream
     path = Path(stream.name)
-    stream.close()
+    try:
+        _flush(stream, path)
+    finally:
+        stream.close()
     return path
+
+
+def _flush(file, path: Path) -> None:
+    """Put the file being stored at `path` on the disk, with the entries
+    naming it: its folder's, and the uploads folder's for its folder."""
+    file.flush()
+    os.fsync(file.fileno())
+    storage.fsync_dir(path.parent)
+    storage.fsync_dir(path.parent.parent)
 
 
 def claim_upload() -> None:

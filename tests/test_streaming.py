@@ -74,3 +74,25 @@ def test_an_upload_whose_body_ends_early_is_refused_and_leaves_nothing(app, clie
         assert db.session.scalar(select(func.count()).select_from(Upload)) == 0
     uploads = Path(app.config["DATA_DIR"]) / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_an_upload_is_on_the_disk_before_it_is_acknowledged(app, client, make_project,
+                                                            monkeypatch):
+    # An acknowledged upload survives a power cut: its file and the folder
+    # entries that name it are flushed before the answer (and before the row
+    # that the jobs read is written).
+    make_project("study1")
+    flushed, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    res = client.post("/upload", content_type="multipart/form-data",
+                      headers={"Accept": "application/json"}, data={
+                          "project": "study1", "date_unknown": "1",
+                          "file": (io.BytesIO(os.urandom(3 * streaming.CHUNK)), "study.zip")})
+    assert res.status_code == 202
+    folder = Path(app.config["DATA_DIR"]).resolve() / "uploads" / res.get_json()["id"]
+    assert flushed[:3] == [str(folder / "study.zip"), str(folder), str(folder.parent)]
