@@ -16,6 +16,7 @@ import struct
 import pydicom
 from pydicom.dataelem import RawDataElement
 
+from imaging import fastheader
 from imaging.dicominfo import DicomInfo, NotDicom, changed_values, checked_info
 
 WHOLE_READ_LIMIT = 64 * 2**20
@@ -103,13 +104,29 @@ def _parse_to_pixels(f, dicm: bool, size: int, **kwargs) -> tuple[pydicom.Datase
         ds = pydicom.dcmread(f, stop_before_pixels=True, force=not dicm, **kwargs)
     except Exception as exc:  # pydicom raises many kinds on bad bytes
         raise NotDicom(f"DICOM header could not be read: {exc}") from exc
+    start = f.tell()
+    return ds, start, _checked_pixels_end(f, start, size)
+
+
+def _parse_bytes(data: bytes, dicm: bool) -> tuple[pydicom.Dataset, int, int]:
+    """Do what _parse_to_pixels does for a file's bytes, in one pass over
+    them where the file is a plain one (imaging.fastheader)."""
+    fast = fastheader.read_to_pixels(data) if dicm else None
+    if fast is None:
+        return _parse_to_pixels(io.BytesIO(data), dicm, len(data))
+    ds, start = fast
+    return ds, start, _checked_pixels_end(io.BytesIO(data), start, len(data))
+
+
+def _checked_pixels_end(f, start: int, size: int) -> int:
+    """Return where the pixel data element at `start` ends (0 if none);
+    raise NotDicom when it runs past the file's `size`."""
     # pydicom stops in front of the pixel data without reading it, so a file
     # cut short in its pixels (a broken transfer) would otherwise pass.
-    start = f.tell()
     end = _pixels_end(f, start)
     if end > size:
         raise NotDicom("DICOM file is truncated: its pixel data is incomplete")
-    return ds, start, end
+    return end
 
 
 def _pixels_end(f, pos: int) -> int:
@@ -164,11 +181,10 @@ def read_dicom(path, data: bytes | None = None) -> DicomInfo:
             return _read_large(path, size)
         with open(path, "rb") as f:
             data = f.read()
-    size = len(data)
     dicm = _check_start(data)
     offset, file_sha256, dataset_sha256 = _digests(data)
-    ds = _parse(io.BytesIO(data), dicm, size)
-    return checked_info(ds, file_sha256, dataset_sha256, size, offset)
+    ds = _parse_bytes(data, dicm)[0]
+    return checked_info(ds, file_sha256, dataset_sha256, len(data), offset)
 
 
 def _digests(data: bytes) -> tuple[int, str, str]:
@@ -208,11 +224,10 @@ def read_header(data: bytes) -> tuple[DicomInfo, pydicom.Dataset, tuple[int, int
     hashes are left out (None): a caller that keeps these bytes, not a
     rewrite of them, adds them with with_digests().
     """
-    size = len(data)
     dicm = _check_start(data)
-    ds, start, end = _parse_to_pixels(io.BytesIO(data), dicm, size)
+    ds, start, end = _parse_bytes(data, dicm)
     as_read = dict(ds._dict)
-    info = checked_info(ds, None, None, size, dataset_offset(data))
+    info = checked_info(ds, None, None, len(data), dataset_offset(data))
     ds._dict.update(as_read)
     return info, ds, (start, end)
 
