@@ -240,6 +240,8 @@ class StoreSCP:
         peer = self._peers.pop(event.assoc, None)
         if peer is not None:
             scp_reactors.detach(peer, event.assoc)
+            if peer.outcome == "receiving" and _released_meanwhile(event.assoc):
+                peer.outcome = "released"
             self._log_end(peer)
 
     def _log_start(self, peer: Peer) -> None:
@@ -322,3 +324,20 @@ def run_scp(app: Flask, host: str, port: int) -> None:
         pass
     log.info("stopping the DICOM receiver")
     scp.stop()
+
+
+def _released_meanwhile(assoc, wait: float = 0.2) -> bool:
+    """Return True when the association's own thread is releasing it.
+
+    pynetdicom's association thread sends the A-RELEASE response before it
+    marks the association released and fires EVT_RELEASED; a sender that
+    closes its connection at once can have the close seen (on the other
+    thread) first, and the log would say "connection closed". The close
+    waits for the mark a moment, while the association's thread runs.
+    """
+    if threading.current_thread() is assoc:
+        return assoc.is_released
+    deadline = time.monotonic() + wait
+    while not assoc.is_released and assoc.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return assoc.is_released
