@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from imaging import extract
+from imaging import extract, zipmembers
 from imaging.extract import CHUNK, ExtractError, extract_members, list_members, unpack_members
 from tests.test_imaging_extract import make_zip
 
@@ -102,3 +102,23 @@ def test_a_member_whose_deflated_data_runs_past_the_archive_is_refused(tmp_path)
     _forge_central(archive, 20, 5000 + 1000)  # compressed size: more than the file holds
     with pytest.raises(ExtractError, match="damaged"):
         read_whole(archive, list_members(archive), tmp_path / "out")
+
+
+@READERS
+def test_a_member_whose_central_header_overstates_its_size_is_read_as_zipfile_reads_it(
+        tmp_path, read):
+    # What the data inflates to, its CRC right: zipfile reads it so.
+    content = os.urandom(1000) + b"x" * 1000
+    archive = make_zip(tmp_path / "up.zip", [("a.dcm", content)])
+    _forge_central(archive, 24, 3000)
+    assert read(archive, list_members(archive), tmp_path / "out") == {"a.dcm": content}
+
+
+@pytest.mark.skipif(zipmembers.libdeflate is None, reason="libdeflate's wheel is missing")
+def test_without_libdeflate_small_members_are_inflated_by_isal_alike(tmp_path, monkeypatch):
+    entries = [(f"f{n}.bin", os.urandom(n * 700) + b"y" * n * 300) for n in range(1, 6)]
+    archive = make_zip(tmp_path / "up.zip", entries)
+    with_libdeflate = read_whole(archive, list_members(archive), tmp_path / "a")
+    monkeypatch.setattr(zipmembers, "libdeflate", None)
+    assert read_whole(archive, list_members(archive), tmp_path / "b") == with_libdeflate \
+        == dict(entries)
