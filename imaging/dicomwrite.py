@@ -69,13 +69,18 @@ def encode_fast(ds: pydicom.Dataset, original: bytes | None) -> bytes | None:
     charset = element_as_read(ds, 0x00080005)
     encodings = charset.value if charset is not None else "iso8859"
     view = memoryview(original) if original is not None else None
+    # The elements imaging.fastheader read from `original` (if it did), as
+    # it read them: their headers and values lie there as written here.
+    plain = ds.__dict__.get("read_plain") if view is not None else None
     span = None  # [start, end]: untouched elements that lie together in `original`
     # Sorted as plain ints: pydicom's tags compare in Python, ten times slower.
     for tag, elem in sorted((int(t), e) for t, e in ds._dict.items()):
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # retired group lengths, as pydicom leaves them out
         raw = isinstance(elem, RawDataElement)
-        if raw and view is not None:
+        if raw and plain is not None and plain.get(tag) is elem:
+            where = _plain_where(elem, original, implicit)
+        elif raw and view is not None:
             where = (_next_to(elem, original, span[1], implicit, order)
                      if span is not None else None)
             if where is None:
@@ -152,6 +157,20 @@ def _next_to(elem: RawDataElement, original: bytes, end: int, implicit: bool,
     if written != length or (group << 16 | number) != elem.tag:
         return None
     return end, end + 8 + length
+
+
+def _plain_where(elem: RawDataElement, original: bytes, implicit: bool
+                 ) -> tuple[int, int] | None:
+    """Do what _where does for an element imaging.fastheader read from
+    `original` (little endian, of defined length, its value whole, its
+    header right before it): only a 4-byte length's two reserved bytes,
+    which _write_raw writes as zeros, may differ."""
+    start = elem.value_tell - 8
+    if not implicit and elem.VR not in _SHORT:
+        start -= 4
+        if original[start + 6:start + 8] != b"\0\0":
+            return None
+    return start, elem.value_tell + elem.length
 
 
 _IMPLICIT = {order: struct.Struct(order + "HHI") for order in "<>"}

@@ -90,6 +90,9 @@ def _read(data: bytes) -> tuple[FileDataset, int]:
     ds = FileDataset(io.BytesIO(data), raw, data[:128], file_meta, implicit, True)
     # As dcmread: the character set read (its element converted in passing).
     ds.set_original_encoding(implicit, True, ds._character_set)
+    # The elements as read here, each where its header and value lie one
+    # after the other in `data`: a writer copies those still there as they are.
+    ds.read_plain = dict(raw)
     return ds, stop
 
 

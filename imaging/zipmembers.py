@@ -69,9 +69,10 @@ def _inflate(data: bytes, size: int, name: str) -> bytes:
     CRC is right)."""
     if libdeflate is not None:
         try:
-            return libdeflate.deflate_decompress(data, size)
+            inflated = libdeflate.deflate_decompress(data, size)
         except libdeflate.DeflateError as exc:  # bad data, or more than declared
             raise zipfile.BadZipFile(f"Bad deflated data for file {name!r}") from exc
+        return bytes(inflated)  # a bytearray: its slices could not be dict keys
     inflater = _INFLATE.decompressobj(-zlib.MAX_WBITS)
     data = inflater.decompress(data, size)  # never more than declared
     if len(data) < size and not inflater.eof:

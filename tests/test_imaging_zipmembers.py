@@ -43,6 +43,7 @@ def test_small_members_read_whole_are_those_zipfile_reads(tmp_path, method, monk
     # Stored and deflated members of up to CHUNK bytes, not through zipfile.
     read_alone = method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
     assert sum(data is not None for data in whole) == (5 if read_alone else 0)
+    assert all(type(data) is bytes for data in whole if data is not None)
 
 
 def _forge_central(archive, field: int, value: int, at: bytes = b"PK\x01\x02") -> None:

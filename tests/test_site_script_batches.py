@@ -166,6 +166,33 @@ def test_the_writers_shortcut_for_neighbouring_elements_agrees_with_the_full_che
         assert ours == checked, name
 
 
+def test_the_writers_shortcut_for_files_read_in_one_pass_agrees_with_the_full_check():
+    # A file imaging.fastheader read carries the elements as it read them;
+    # encode_fast copies those still in place without checking their
+    # headers one by one. Without that record, the same bytes out.
+    compared = 0
+    for n, (_name, data) in enumerate(_mutated(300, seed=7)):
+        script = parse_script(SCRIPTS[n % len(SCRIPTS)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                _info, ds, pixels = dicomio.read_header(data)
+            except dicomio.NotDicom:
+                continue
+            if "read_plain" not in ds.__dict__ or not dicomio.add_rest(ds, data, pixels):
+                continue
+            try:
+                if not apply_script(script, ds, VARIABLES, SECRET):
+                    continue
+            except Exception:  # noqa: BLE001 - a value this damage makes unusable
+                continue
+            ours = dicomwrite.encode_fast(ds, data)
+            del ds.__dict__["read_plain"]
+            assert ours == dicomwrite.encode_fast(ds, data)
+        compared += ours is not None
+    assert compared > 40
+
+
 def test_an_element_whose_header_says_more_than_the_parser_kept_is_written_anew():
     # Three bytes changed in rtplan.dcm (implicit VR): pydicom keeps
     # (300A,0010) as an element of length 0 while its header in the file
