@@ -11,7 +11,9 @@ reads those with one loop over the bytes and makes the dataset pydicom
 makes: the same raw elements (tag, VR, length, value, offset), the same
 file meta, preamble and encodings (a test compares the two on pydicom's
 own files and on damaged ones). Sequences of undefined length are read
-by pydicom's own sequence reader, as dcmread does.
+by pydicom's own sequence reader, as dcmread does. The dataset also
+carries `read_plain`, its elements as read: imaging.dicomwrite copies
+those still in place without checking their headers again.
 
 Anything else (no preamble, big endian or deflated data, a private
 transfer syntax, an unknown VR, elements out of order or cut short, an
