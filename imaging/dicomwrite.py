@@ -63,51 +63,131 @@ def encode_fast(ds: pydicom.Dataset, original: bytes | None) -> bytes | None:
             ds.original_character_set != ds._character_set:
         return None
     head = _head(ds, meta, original)
-    fp = DicomBytesIO()
-    fp.is_implicit_VR, fp.is_little_endian = implicit, little
-    order = "<" if little else ">"
     charset = element_as_read(ds, 0x00080005)
-    encodings = charset.value if charset is not None else "iso8859"
-    view = memoryview(original) if original is not None else None
-    # The elements imaging.fastheader read from `original` (if it did), as
-    # it read them: their headers and values lie there as written here.
-    plain = ds.__dict__.get("read_plain") if view is not None else None
-    span = None  # [start, end]: untouched elements that lie together in `original`
+    body = _Body(original, implicit, little, charset.value if charset is not None else "iso8859")
+    # The elements imaging.fastheader read from `original` (if it did), and where.
+    plain = ds.__dict__.get("read_plain") if original is not None else None
+    done = _spliced(ds, plain, body) if plain is not None else _each(ds, body)
+    return head + body.value() if done else None
+
+
+class _Body:
+    """A dataset's bytes as encode_fast writes them: runs of elements that
+    lie in `original` as they would be written are copied in one piece, the
+    others are encoded."""
+
+    def __init__(self, original: bytes | None, implicit: bool, little: bool, encodings):
+        self.fp = DicomBytesIO()
+        self.fp.is_implicit_VR, self.fp.is_little_endian = implicit, little
+        self.original, self.implicit, self.order = original, implicit, "<" if little else ">"
+        self.view = memoryview(original) if original is not None else None
+        self.encodings = encodings
+        self.run: list[int] | None = None  # [start, end] of `original` to copy next
+
+    def copy(self, start: int, end: int) -> None:
+        run = self.run
+        if run is not None and run[1] == start:
+            run[1] = end
+        else:
+            if run is not None:
+                self.fp.write(self.view[run[0]:run[1]])
+            self.run = [start, end]
+
+    def place(self, elem) -> bool:
+        """Copy `elem` from `original` if it lies there as it would be written, else encode it."""
+        where = None
+        if self.view is not None and isinstance(elem, RawDataElement):
+            run, original = self.run, self.original
+            if run is not None:
+                where = _next_to(elem, original, run[1], self.implicit, self.order)
+            if where is None:
+                where = _where(elem, original, self.implicit, self.order)
+        if where is not None:
+            self.copy(*where)
+            return True
+        return self.encode(elem)
+
+    def encode(self, elem) -> bool:
+        """Write `elem` as pydicom would; False when it is one pydicom's whole
+        writer must settle (an ambiguous VR, a length its VR cannot say)."""
+        self._flush()
+        fp, implicit, order = self.fp, self.implicit, self.order
+        if isinstance(elem, RawDataElement):
+            return _write_raw(fp, elem, implicit, order)
+        if _write_text(fp, elem, implicit, order):
+            return True
+        if not implicit and (elem.VR is None or len(elem.VR) != 2):
+            return False
+        write_data_element(fp, elem, self.encodings)
+        return True
+
+    def _flush(self) -> None:
+        if self.run is not None:
+            self.fp.write(self.view[self.run[0]:self.run[1]])
+            self.run = None
+
+    def value(self) -> bytes:
+        self._flush()
+        return self.fp.getvalue()
+
+
+def _dropped(tag: int) -> bool:
+    """Retired group lengths, which pydicom's writer leaves out."""
+    return tag & 0xFFFF == 0 and tag >> 16 > 6
+
+
+def _each(ds: pydicom.Dataset, body: _Body) -> bool:
+    """Write every element of `ds` into `body`, in order of tag."""
     # Sorted as plain ints: pydicom's tags compare in Python, ten times slower.
     for tag, elem in sorted((int(t), e) for t, e in ds._dict.items()):
-        if tag & 0xFFFF == 0 and tag >> 16 > 6:
-            continue  # retired group lengths, as pydicom leaves them out
-        raw = isinstance(elem, RawDataElement)
-        if raw and plain is not None and plain.get(tag) is elem:
-            where = _plain_where(elem, original, implicit)
-        elif raw and view is not None:
-            where = (_next_to(elem, original, span[1], implicit, order)
-                     if span is not None else None)
-            if where is None:
-                where = _where(elem, original, implicit, order)
-        else:
-            where = None
-        if where is not None:
-            if span is not None and span[1] == where[0]:
-                span[1] = where[1]
-            else:
-                if span is not None:
-                    fp.write(view[span[0]:span[1]])
-                span = list(where)
+        if not _dropped(tag) and not body.place(elem):
+            return False
+    return True
+
+
+def _spliced(ds: pydicom.Dataset, plain: dict, body: _Body) -> bool:
+    """Do what _each does for a dataset imaging.fastheader read: the
+    elements still as it read them and where they lie as written are copied
+    without a look at each (runs of them in one piece); the others (the
+    script's changes, the pixel data added after reading) as _each writes
+    them. The same bytes as _each, in a tenth of its time."""
+    d = ds._dict
+    # Keys as the dataset holds them: each lookup finds the very key object,
+    # no comparison of pydicom's tags (in Python) needed.
+    others = sorted((int(t), e) for t, e in d.items() if t not in plain)
+    n, count = 0, len(others)
+    first = last = -1  # the run of elements copied as read: original[first:last]
+    for key, (tag, elem, start, end, exact) in plain.items():
+        now = d.get(key)
+        if now is elem and exact and tag & 0xFFFF and not (n < count and others[n][0] < tag):
+            if start != last:  # (no group length among them, nothing to put between)
+                if first >= 0:
+                    body.copy(first, last)
+                first = start
+            last = end
             continue
-        if span is not None:
-            fp.write(view[span[0]:span[1]])
-            span = None
-        if raw:
-            if not _write_raw(fp, elem, implicit, order):
-                return None
-        elif not _write_text(fp, elem, implicit, order):
-            if not implicit and (elem.VR is None or len(elem.VR) != 2):
-                return None  # an ambiguous VR: pydicom's writer settles it
-            write_data_element(fp, elem, encodings)
-    if span is not None:
-        fp.write(view[span[0]:span[1]])
-    return head + fp.getvalue()
+        if first >= 0:
+            body.copy(first, last)
+            first = -1
+        while n < count and others[n][0] < tag:
+            if not _dropped(others[n][0]) and not body.place(others[n][1]):
+                return False
+            n += 1
+        if now is None or _dropped(tag):
+            continue
+        if now is elem:
+            if exact:
+                body.copy(start, end)
+            elif not body.encode(elem):
+                return False
+        elif not body.place(now):
+            return False
+    if first >= 0:
+        body.copy(first, last)
+    for tag, elem in others[n:]:
+        if not _dropped(tag) and not body.place(elem):
+            return False
+    return True
 
 
 def _header(tag: int, vr: str | None, length: int, implicit: bool, order: str,
@@ -157,20 +237,6 @@ def _next_to(elem: RawDataElement, original: bytes, end: int, implicit: bool,
     if written != length or (group << 16 | number) != elem.tag:
         return None
     return end, end + 8 + length
-
-
-def _plain_where(elem: RawDataElement, original: bytes, implicit: bool
-                 ) -> tuple[int, int] | None:
-    """Do what _where does for an element imaging.fastheader read from
-    `original` (little endian, of defined length, its value whole, its
-    header right before it): only a 4-byte length's two reserved bytes,
-    which _write_raw writes as zeros, may differ."""
-    start = elem.value_tell - 8
-    if not implicit and elem.VR not in _SHORT:
-        start -= 4
-        if original[start + 6:start + 8] != b"\0\0":
-            return None
-    return start, elem.value_tell + elem.length
 
 
 _IMPLICIT = {order: struct.Struct(order + "HHI") for order in "<>"}

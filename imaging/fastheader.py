@@ -12,8 +12,9 @@ makes: the same raw elements (tag, VR, length, value, offset), the same
 file meta, preamble and encodings (a test compares the two on pydicom's
 own files and on damaged ones). Sequences of undefined length are read
 by pydicom's own sequence reader, as dcmread does. The dataset also
-carries `read_plain`, its elements as read: imaging.dicomwrite copies
-those still in place without checking their headers again.
+carries `read_plain`: where each element lies in the bytes, and whether
+it lies there as imaging.dicomwrite would write it; the writer copies the
+runs of elements still as read in one piece each.
 
 Anything else (no preamble, big endian or deflated data, a private
 transfer syntax, an unknown VR, elements out of order or cut short, an
@@ -88,20 +89,23 @@ def _read(data: bytes) -> tuple[FileDataset, int]:
     if (not (0x40 < first[0] < 0x5B and 0x40 < first[1] < 0x5B)) != implicit \
             or data[pos:pos + 2] == b"\x00\x00":
         raise NotPlain  # disagrees, or a command set (group 0000) comes first
-    raw, stop = _elements(data, pos, implicit)
+    where: dict = {}
+    raw, stop = _elements(data, pos, implicit, where=where)
     ds = FileDataset(io.BytesIO(data), raw, data[:128], file_meta, implicit, True)
     # As dcmread: the character set read (its element converted in passing).
     ds.set_original_encoding(implicit, True, ds._character_set)
-    # The elements as read here, each where its header and value lie one
-    # after the other in `data`: a writer copies those still there as they are.
-    ds.read_plain = dict(raw)
+    # Each element as read here, keyed as in the dataset: (its tag as a plain
+    # int, the element, where its header starts and its value ends in
+    # `data`, whether those bytes are the element as a writer writes it).
+    ds.read_plain = where
     return ds, stop
 
 
-def _elements(data: bytes, pos: int, implicit: bool, meta: bool = False) -> tuple[dict, int]:
+def _elements(data: bytes, pos: int, implicit: bool, meta: bool = False,
+              where: dict | None = None) -> tuple[dict, int]:
     """Return (the elements from `pos` as dcmread holds them, keyed by tag,
     where reading stopped): at the end of group 0002 when `meta`, else at
-    the pixel data or the end of `data`."""
+    the pixel data or the end of `data`. `where` gets what read_plain holds."""
     out: dict = {}
     size, last = len(data), -1
     encoding = default_encoding
@@ -136,7 +140,10 @@ def _elements(data: bytes, pos: int, implicit: bool, meta: bool = False) -> tupl
             fp = io.BytesIO(data)
             fp.seek(start)
             sequence = read_sequence(fp, implicit, True, length, encoding)
-            out[key] = DataElement(key, "SQ", sequence, start, is_undefined_length=True)
+            out[key] = element = DataElement(key, "SQ", sequence, start,
+                                             is_undefined_length=True)
+            if where is not None:  # written anew (pydicom's items), never copied
+                where[key] = (tag, element, pos, fp.tell(), False)
             pos = fp.tell()
             continue
         end = start + length
@@ -145,7 +152,11 @@ def _elements(data: bytes, pos: int, implicit: bool, meta: bool = False) -> tupl
         value = data[start:end] if length else empty_value_for_VR(vr, raw=True)
         if tag == _CHARSET:
             encoding = convert_encodings(convert_string(value or b"", True))
-        out[key] = raw_element(key, vr, length, value, start, implicit, True)
+        out[key] = element = raw_element(key, vr, length, value, start, implicit, True)
+        if where is not None:
+            # A 4-byte length's two reserved bytes are written as zeros.
+            where[key] = (tag, element, pos, end,
+                          start - pos == 8 or data[pos + 6:pos + 8] == b"\0\0")
         pos = end
     if meta or pos != size:
         raise NotPlain  # ends inside an element's header

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 import warnings
 from pathlib import Path
 
@@ -14,12 +15,13 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import RawDataElement
 
-from imaging import dicomio, dicomwrite
+from imaging import dicomio, dicomwrite, fastheader
 from imaging.anonymize import (
     DEFAULT_SITE_SCRIPT,
     ScriptRejected,
     anonymize_bytes,
     anonymize_header,
+    anonymize_read,
     apply_script,
     parse_script,
 )
@@ -166,10 +168,10 @@ def test_the_writers_shortcut_for_neighbouring_elements_agrees_with_the_full_che
         assert ours == checked, name
 
 
-def test_the_writers_shortcut_for_files_read_in_one_pass_agrees_with_the_full_check():
-    # A file imaging.fastheader read carries the elements as it read them;
-    # encode_fast copies those still in place without checking their
-    # headers one by one. Without that record, the same bytes out.
+def test_the_writers_splice_for_files_read_in_one_pass_agrees_with_the_full_check():
+    # A file imaging.fastheader read carries where each element lies;
+    # encode_fast copies the runs of those still as read in one piece each,
+    # looking only at the others. Without that record, the same bytes out.
     compared = 0
     for n, (_name, data) in enumerate(_mutated(300, seed=7)):
         script = parse_script(SCRIPTS[n % len(SCRIPTS)])
@@ -191,6 +193,46 @@ def test_the_writers_shortcut_for_files_read_in_one_pass_agrees_with_the_full_ch
             assert ours == dicomwrite.encode_fast(ds, data)
         compared += ours is not None
     assert compared > 40
+
+
+def _with_elements(data: bytes, *elements: bytes) -> bytes:
+    """`data` (explicit VR little endian) with each element (tag first)
+    put in its place among the top-level elements."""
+    for element in elements:
+        (group, number) = struct.unpack_from("<HH", element)
+        read = fastheader.read_to_pixels(data)[0].read_plain.values()
+        at = min(start for tag, _elem, start, _end, _exact in read
+                 if tag > (group << 16 | number))
+        data = data[:at] + element + data[at:]
+    return data
+
+
+@pytest.mark.parametrize("text", [
+    DEFAULT_SITE_SCRIPT,
+    # an element removed, one added between those read, one changed
+    "-(0008,0080)\n(0010,1010) := \"042Y\"\n(0010,0010) := subject",
+    "basic-profile retain-longitudinal-dates"])
+def test_the_splice_writes_what_pydicom_writes_around_odd_elements(text):
+    # A retired group length (left out when written) and a 4-byte length
+    # whose reserved bytes are not zero (written as zeros) among the
+    # elements read in one pass.
+    data = _with_elements(
+        Path(get_testdata_file("CT_small.dcm")).read_bytes(),
+        struct.pack("<HH2sHI", 0x0008, 0x0000, b"UL", 4, 600),
+        struct.pack("<HH2s2sI", 0x0040, 0xA160, b"UT", b"\x01\x02", 4) + b"TEXT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info, ds, pixels = dicomio.read_header(data)
+        assert "read_plain" in ds.__dict__
+        _changes, ours, _new_info = anonymize_read(info, ds, pixels, data, parse_script(text),
+                                                   VARIABLES, SECRET)
+        expected = pydicom.dcmread(io.BytesIO(data), force=True)
+        apply_script(parse_script(text), expected, VARIABLES, SECRET)
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, expected, enforce_file_format=True)
+    assert ours == buffer.getvalue()
+    again = pydicom.dcmread(io.BytesIO(ours))
+    assert 0x00080000 not in again and again[0x0040A160].value == "TEXT"
 
 
 def test_an_element_whose_header_says_more_than_the_parser_kept_is_written_anew():

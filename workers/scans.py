@@ -54,6 +54,7 @@ def plan_scans(items, target: Path, report: Report):
         scan_id = labels.unique_scan_id(labels.scan_id_from_header(first.series_number), taken)
         taken.add(scan_id)
         scan = {"id": scan_id, "series_uid": series_uid, **first.scan_fields(), "files": []}
+        folder = target / "SCANS" / scan_id / "DICOM"
         names: set[str] = set()
         for name, info in sorted(series, key=lambda x: (x[1].instance_number or 0, x[0])):
             if _is_duplicate(info, seen, name, report):
@@ -63,7 +64,7 @@ def plan_scans(items, target: Path, report: Report):
                 filename = labels.instance_filename(None, info.file_sha256)
             names.add(filename)
             scan["files"].append(file_entry(filename, info))
-            moves.append((name, target / "SCANS" / scan_id / "DICOM" / filename))
+            moves.append((name, folder / filename))
         scans.append(scan)
     return scans, moves
 
