@@ -150,7 +150,8 @@ def _spliced(ds: pydicom.Dataset, plain: dict, body: _Body) -> bool:
     elements still as it read them and where they lie as written are copied
     without a look at each (runs of them in one piece); the others (the
     script's changes, the pixel data added after reading) as _each writes
-    them. The same bytes as _each, in a tenth of its time."""
+    them. The same bytes as _each: a quarter to a third less time for all of
+    encode_fast on the benchmark's files."""
     d = ds._dict
     # Keys as the dataset holds them: each lookup finds the very key object,
     # no comparison of pydicom's tags (in Python) needed.
@@ -159,8 +160,10 @@ def _spliced(ds: pydicom.Dataset, plain: dict, body: _Body) -> bool:
     first = last = -1  # the run of elements copied as read: original[first:last]
     for key, (tag, elem, start, end, exact) in plain.items():
         now = d.get(key)
+        # The common case, kept short: an element still as read and as
+        # written, no group length, and no other element to put before it.
         if now is elem and exact and tag & 0xFFFF and not (n < count and others[n][0] < tag):
-            if start != last:  # (no group length among them, nothing to put between)
+            if start != last:
                 if first >= 0:
                     body.copy(first, last)
                 first = start
