@@ -65,10 +65,13 @@ def encode_fast(ds: pydicom.Dataset, original: bytes | None) -> bytes | None:
     head = _head(ds, meta, original)
     charset = element_as_read(ds, 0x00080005)
     body = _Body(original, implicit, little, charset.value if charset is not None else "iso8859")
+    # The preamble and file meta first, in the same buffer: the file's bytes
+    # are copied once, not once more to put them after those.
+    body.fp.write(head)
     # The elements imaging.fastheader read from `original` (if it did), and where.
     plain = ds.__dict__.get("read_plain") if original is not None else None
     done = _spliced(ds, plain, body) if plain is not None else _each(ds, body)
-    return head + body.value() if done else None
+    return body.value() if done else None
 
 
 class _Body:
