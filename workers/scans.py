@@ -103,15 +103,19 @@ def file_entry(filename: str, info) -> dict:
 
 def move_files(moves, source_of, report: Report) -> None:
     """Rename each file into its prearchive folder; a second run skips what is done."""
+    # As text: pathlib's objects for the folder of each of an upload's
+    # thousands of files took a fifth of the time of the renames.
     dirs = set()
     for name, target in moves:
-        if target.parent not in dirs:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            dirs.add(target.parent)
+        target = os.fspath(target)
+        folder = os.path.dirname(target)
+        if folder not in dirs:
+            os.makedirs(folder, exist_ok=True)
+            dirs.add(folder)
         try:
             os.replace(source_of(name), target)
         except FileNotFoundError:
-            if not target.exists():
+            if not os.path.exists(target):
                 raise
         report.stored += 1
     for d in dirs:

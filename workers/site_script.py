@@ -214,7 +214,8 @@ def apply_to_sessions(sessions, source_of, report: Report, done_by_batches: dict
     originals = {m[0]: Member(*m) for m in saved["members"]} if saved["kind"] == "zip" else {}
     kept = []
     for record, moves in sessions:
-        by_entry = {(t.parent.parent.name, t.name): (name, t) for name, t in moves}
+        # (scan, file name) -> (member, target): target is .../SCANS/{scan}/DICOM/{file}.
+        by_entry = {(t.parts[-3], t.name): (name, t) for name, t in moves}
 
         def path_of(scan, entry, by_entry=by_entry):
             name, target = by_entry[(scan["id"], entry["name"])]
