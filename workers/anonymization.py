@@ -133,7 +133,7 @@ def anonymize_record(script: Script, record: dict, path_of, labels: dict | None 
         if scan.get("resource", "DICOM") != "DICOM":
             continue  # an ECAT scan: the scripts are DICOM's
         kept = []
-        values = variables(record, scan["id"], labels)  # the scan's files' alike (read only)
+        values = variables(record, scan["id"], labels)  # every file of the scan: read only
         for entry in scan.get("files", []):
             done = prepared(scan, entry, values) if prepared is not None else None
             if done is None:
