@@ -251,9 +251,11 @@ def dicom_step(data: Data, tmp: Path, rounds: int) -> dict:
 
 
 def _median_run(results: list[dict]) -> dict:
-    """Return the median of each figure over the rounds; the largest memory."""
+    """Return the median of each figure over the rounds, the rate of each round
+    (`rates`, in order), the largest memory."""
     merged = {key: statistics.median(r[key] for r in results)
               for key in ("rate", "mb_per_s", "ready") if key in results[0]}
+    merged["rates"] = [r["rate"] for r in results]
     if "archive" in results[0]:  # the round whose archiving took the median time
         archives = sorted((r["archive"] for r in results), key=lambda a: sum(a["jobs"]))
         merged["archive"] = archives[len(archives) // 2]
@@ -323,8 +325,10 @@ def _ingest_zip_figures(shown: dict) -> dict:
     unpacked = sum(i.file_size for i in zipfile.ZipFile(shown["zip"]).infolist())
     memory = shown.get("memory", {})
     return {"zip": shown["zip"], "rate": shown["files"] / ready,
+            "rates": [shown["files"] / r["ready"] for r in rounds],
             "mb_per_s": unpacked / ready / 1e6,
             "bare_ratio": statistics.median(r["bare"] / r["ready"] for r in rounds),
+            "bare_ratios": [r["bare"] / r["ready"] for r in rounds],
             "archive_s": max(r["archive"] for r in rounds),
             "archive_job_s": max(shown.get("jobs", {}).get("archive_session") or [0.0]),
             "files": shown["files"],
