@@ -322,13 +322,13 @@ def scanyard_zip(args, data: Data) -> dict:
 def _ingest_zip_figures(shown: dict) -> dict:
     rounds, mb = shown["rounds"], 2**20
     ready = statistics.median(r["ready"] for r in rounds)
+    bare_ratios = [r["bare"] / r["ready"] for r in rounds]
     unpacked = sum(i.file_size for i in zipfile.ZipFile(shown["zip"]).infolist())
     memory = shown.get("memory", {})
     return {"zip": shown["zip"], "rate": shown["files"] / ready,
             "rates": [shown["files"] / r["ready"] for r in rounds],
             "mb_per_s": unpacked / ready / 1e6,
-            "bare_ratio": statistics.median(r["bare"] / r["ready"] for r in rounds),
-            "bare_ratios": [r["bare"] / r["ready"] for r in rounds],
+            "bare_ratio": statistics.median(bare_ratios), "bare_ratios": bare_ratios,
             "archive_s": max(r["archive"] for r in rounds),
             "archive_job_s": max(shown.get("jobs", {}).get("archive_session") or [0.0]),
             "files": shown["files"],
